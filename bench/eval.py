@@ -1,0 +1,165 @@
+"""Benchmark retrieval evaluation: feature matching + ``rank_metrics``.
+
+Run from the repository root, e.g.::
+
+    python -m bench.eval --queries 2000 --gallery 10000 --reference
+
+Random L2-normalised features stand in for encoder outputs; ids and cameras
+are drawn at random (Market-1501-like counts by default).  Matching (one
+matmul) and ``utils.metrics.rank_metrics`` are each timed as the median of
+``--repeats`` runs after one warm-up run.  With ``--reference`` the pure-Python
+``eval_market1501`` of fast-reid is timed once on the same problem and the
+results are checked to agree.  Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from utils.metrics import rank_metrics
+
+KEYS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn, device: torch.device, repeats: int):
+    fn()  # warm-up: allocator, kernels, caches
+    _sync(device)
+    times = []
+    result = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times), result
+
+
+def _load_reference():
+    """fast-reid's rank.py, loaded by path so the package itself never runs."""
+    spec = importlib.util.find_spec("fastreid")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("--reference needs fastreid installed (pip install fastreid --no-deps)")
+    path = os.path.join(list(spec.submodule_search_locations)[0],
+                        "evaluation", "rank.py")
+    rank_spec = importlib.util.spec_from_file_location("_fastreid_rank", path)
+    module = importlib.util.module_from_spec(rank_spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "cython unavailable" notice
+        rank_spec.loader.exec_module(module)
+    return module.eval_market1501  # the pure-Python implementation
+
+
+def _reference_metrics(eval_fn, dist, q_ids, g_ids, q_cams, g_cams):
+    all_cmc, all_ap, all_inp = eval_fn(dist, q_ids, g_ids, q_cams, g_cams, 50)
+    n_valid = len(all_ap)
+    # CMC comes back as float32 fractions: recover exact counts of queries.
+    out = {f"R{k}": 100.0 * round(float(all_cmc[k - 1]) * n_valid) / n_valid
+           for k in (1, 5, 10)}
+    out["mAP"] = 100.0 * float(np.mean(all_ap))
+    out["mINP"] = 100.0 * float(np.mean(all_inp))
+    return out
+
+
+def _max_diff(a, b) -> float:
+    return max(abs(a[k] - b[k]) for k in KEYS)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, required=True)
+    parser.add_argument("--gallery", type=int, required=True)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time fast-reid's Python eval_market1501")
+    parser.add_argument("--ids", type=int, default=751, help="identities")
+    parser.add_argument("--cams", type=int, default=6, help="cameras")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda requested but CUDA is not available")
+    device = torch.device(args.device)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    q_feat = torch.nn.functional.normalize(
+        torch.randn(args.queries, args.dim, generator=gen), dim=1).to(device)
+    g_feat = torch.nn.functional.normalize(
+        torch.randn(args.gallery, args.dim, generator=gen), dim=1).to(device)
+    q_ids = torch.randint(0, args.ids, (args.queries,), generator=gen)
+    g_ids = torch.randint(0, args.ids, (args.gallery,), generator=gen)
+    q_cams = torch.randint(0, args.cams, (args.queries,), generator=gen)
+    g_cams = torch.randint(0, args.cams, (args.gallery,), generator=gen)
+    labels = [t.to(device) for t in (q_ids, g_ids, q_cams, g_cams)]
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    match_ms, sim = _median_ms(lambda: q_feat @ g_feat.T, device, args.repeats)
+    rank_ms, metrics = _median_ms(lambda: rank_metrics(sim, *labels), device,
+                                  args.repeats)
+
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        # Linux reports ru_maxrss in KiB; read before the reference runs.
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    out = {"bench": "eval", "queries": args.queries, "gallery": args.gallery,
+           "dim": args.dim, "device": args.device,
+           "match_ms": round(match_ms, 3), "rank_metrics_ms": round(rank_ms, 3),
+           "reference_ms": None, "speedup": None,
+           "peak_mem_mb": round(peak_mb, 1)}
+    out.update({k: metrics[k] for k in KEYS})
+
+    if args.reference:
+        eval_fn = _load_reference()
+        sim_np = sim.cpu().numpy()
+        ids_np = [t.numpy() for t in (q_ids, g_ids, q_cams, g_cams)]
+        start = time.perf_counter()
+        ref = _reference_metrics(eval_fn, -sim_np, *ids_np)
+        ref_ms = (time.perf_counter() - start) * 1000.0
+        diff = _max_diff(metrics, ref)
+        out["raw_abs_diff"] = diff
+        if diff >= 1e-9:
+            # float32 scores can tie exactly, and numpy's default argsort
+            # orders ties arbitrarily while rank_metrics keeps gallery order.
+            # Re-check (untimed) with each score replaced by its position in
+            # a stable descending sort: same ranking, no ties.
+            order = np.argsort(-sim_np, axis=1, kind="stable")
+            position = np.empty_like(order)
+            np.put_along_axis(position, order,
+                              np.arange(sim_np.shape[1])[None, :], axis=1)
+            diff = _max_diff(metrics, _reference_metrics(eval_fn, position, *ids_np))
+            out["ties_rechecked"] = True
+        out["reference_ms"] = round(ref_ms, 3)
+        out["speedup"] = round(ref_ms / rank_ms, 2)
+        out["max_abs_diff"] = diff
+        out["agree"] = diff < 1e-9
+
+    print(json.dumps(out))
+    if args.reference and not out["agree"]:
+        sys.exit(1)
+    return out
+
+
+if __name__ == "__main__":
+    main()

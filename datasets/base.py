@@ -1,0 +1,165 @@
+"""What every dataset produces: training samples and evaluation sets, plus image reading."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from model.tokenizer import tokenize
+from utils.errors import DatasetError
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open an image as RGB; an unreadable file is a ``DatasetError`` naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DatasetError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DatasetError(f"corrupt or unreadable image: {path} ({error}); set "
+                           "data.skip_bad_images=true to skip such files") from None
+
+
+def require_path(path: Path, what: str, layout: str) -> Path:
+    """Fail with the expected layout when a dataset file or folder is missing."""
+    if not path.exists():
+        raise DatasetError(f"{what} not found: {path}\nexpected layout:\n{layout}")
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSample:
+    """One training item: a sketch, the photos it may be paired with, and captions."""
+
+    label: int  # person label, 0..N-1 over the training set
+    photos: tuple  # photo paths of this pairing (one is drawn per use)
+    sketch: Path
+    captions: tuple = ()  # one is drawn per use (stage 1)
+    captions_bt: tuple = ()  # back-translated captions, drawn with probability backtrans_p
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """A retrieval test: queries (sketches, texts) against a gallery of photos.
+
+    Cams follow the Market-1501 protocol: a gallery photo with the query's id and cam is
+    not counted. PEDES gives each sketch the cam of the photo it was traced from, so that
+    exactly that photo is left out.
+    """
+
+    name: str
+    gallery_paths: list
+    gallery_ids: list
+    gallery_cams: list | None = None
+    sketch_paths: list = dataclasses.field(default_factory=list)
+    sketch_ids: list = dataclasses.field(default_factory=list)
+    sketch_cams: list | None = None
+    text_queries: list = dataclasses.field(default_factory=list)  # stage 1: captions
+    text_ids: list = dataclasses.field(default_factory=list)
+    feedback: list = dataclasses.field(default_factory=list)  # stage 2: phrases per sketch query
+
+    def __post_init__(self):
+        if not self.gallery_paths:
+            raise DatasetError(f"{self.name}: the gallery is empty (no test photos found)")
+        if not self.sketch_paths and not self.text_queries:
+            raise DatasetError(f"{self.name}: no queries (no test sketches or captions found)")
+
+
+class PairDataset(Dataset):
+    """Yields ``{"photo", "sketch", "tokens", "label"}``; tokenisation happens here, not in
+    the model."""
+
+    def __init__(self, samples: Sequence[TrainSample], photo_transform: Callable,
+                 sketch_transform: Callable, context_length: int = 77,
+                 backtrans_p: float = 0.0, with_text: bool = True, with_view: bool = False):
+        if not samples:
+            raise DatasetError("the training split is empty")
+        self.samples = list(samples)
+        self.photo_transform, self.sketch_transform = photo_transform, sketch_transform
+        self.context_length = context_length
+        self.backtrans_p = backtrans_p
+        self.with_text = with_text
+        self.with_view = with_view  # a second augmented photo (SimCLR self-supervision)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def num_classes(self) -> int:
+        return 1 + max(sample.label for sample in self.samples)
+
+    def __getitem__(self, key) -> dict:
+        """``key``: an index, or ``(index, seed)`` from ``EpochSampler``; with a seed every
+        random choice of this item is fixed, whichever worker loads it and whenever."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.samples[index]
+        rng = random.Random(seed)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            item = {"photo": self.photo_transform(read_image(rng.choice(sample.photos))),
+                    "sketch": self.sketch_transform(read_image(sample.sketch)),
+                    "label": torch.tensor(sample.label)}
+            if self.with_view:
+                item["photo_view"] = self.photo_transform(read_image(rng.choice(sample.photos)))
+        if self.with_text:
+            use_bt = bool(sample.captions_bt) and rng.random() < self.backtrans_p
+            caption = rng.choice(sample.captions_bt if use_bt else sample.captions)
+            item["tokens"] = tokenize(caption, self.context_length)[0]
+        return item
+
+
+class ImageListDataset(Dataset):
+    """Images for feature extraction: yields ``(tensor, index)``."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return self.transform(read_image(self.paths[index])), index
+
+
+def split_clauses(text: str, min_words: int = 3) -> list:
+    """Cut a caption into short phrases, one per round of text feedback.
+
+    The text is cut at ``,`` ``;`` and ``.``. A piece is cut again before " with ", and at
+    " and " when the next word opens a new clause (a pronoun or article, or a verb-like
+    word ending in -s or -ing: "and holds a bag", "and she wears"), in both cases only
+    when each side keeps at least ``min_words`` words. So "He has short hair and holds a
+    red bag" gives two phrases while "a black and white striped shirt" stays whole. "with"
+    stays at the start of the phrase it opens; "and" is dropped. ``*`` (the pseudo-word
+    placeholder) never survives: it becomes a space. Deterministic; empty pieces are
+    dropped.
+    """
+    text = " ".join(str(text).replace("*", " ").split())
+    for mark in ";.":
+        text = text.replace(mark, ",")
+    phrases = []
+    for piece in text.split(","):
+        phrases.extend(_split_at_joins(piece.split(), min_words))
+    return [phrase for phrase in phrases if phrase]
+
+
+_CLAUSE_OPENERS = frozenset(("he", "she", "they", "it", "the", "this", "his", "her", "their"))
+
+
+def _split_at_joins(words: list, min_words: int) -> list:
+    for position, word in enumerate(words):
+        joiner = word.lower()
+        after = words[position + 1:]
+        if position < min_words or len(after) < min_words:
+            continue
+        if joiner == "with":
+            return [" ".join(words[:position])] + _split_at_joins(words[position:], min_words)
+        following = after[0].lower()
+        if joiner == "and" and (following in _CLAUSE_OPENERS or following.endswith(("s", "ing"))):
+            return [" ".join(words[:position])] + _split_at_joins(after, min_words)
+    return [" ".join(words)]

@@ -1,0 +1,255 @@
+"""Market-Sketch-1K: hand-drawn sketches of Market-1501 people, with attribute feedback.
+
+Lin et al., "Beyond Domain Gap: Exploiting Subjectivity in Sketch-Based Person
+Retrieval", ACM MM 2023: 4,763 sketches of 996 Market-1501 identities drawn by six
+artists (styles A to F), each person drawn by several of them. The photos are the
+Market-1501 ones of those people. Text feedback comes from the Market-1501 attribute
+annotation (Lin et al., "Improving Person Re-identification by Attribute and Identity
+Learning", Pattern Recognition 2019): 27 attributes per identity (gender, age, hair,
+sleeve and lower-body length, garment type, eight upper and nine lower colours, bags and
+hat), turned here into short phrases in a fixed order.
+
+On disk::
+
+    <root>/Market-Sketch-1K/
+        photo/train/XXXX_c?s?_*.jpg      training photos (XXXX: 4-digit person id)
+        photo/query/XXXX_c?s?_*.jpg      test gallery
+        sketch/<A..F>/train/XXXX_*.jpg   training sketches, one folder per artist style
+        sketch/<A..F>/query/XXXX_*.jpg   test queries
+        market_attribute.mat             struct market_attribute.{train,test}: 1xN
+                                         attribute fields and image_index (id strings)
+
+Only a test split exists. Sketches carry no camera, so no gallery photo is left out of a
+ranking (``gallery_cams`` and ``sketch_cams`` are ``None``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from datasets.base import EvalSet, TrainSample, require_path
+from utils.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+FOLDER = "Market-Sketch-1K"
+ATTRIBUTE_FILE = "market_attribute.mat"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+LAYOUT = """  <data.root>/Market-Sketch-1K/
+      photo/train/XXXX_c?s?_*.jpg       training photos (XXXX: 4-digit person id)
+      photo/query/XXXX_c?s?_*.jpg       test gallery photos
+      sketch/<A..F>/train/XXXX_*.jpg    training sketches per artist style
+      sketch/<A..F>/query/XXXX_*.jpg    test query sketches
+      market_attribute.mat              Market-1501 attributes (struct market_attribute)"""
+
+UP_COLOURS = ("black", "white", "red", "purple", "yellow", "gray", "blue", "green")
+DOWN_COLOURS = ("black", "white", "pink", "purple", "yellow", "gray", "blue", "green", "brown")
+ATTRIBUTE_FIELDS = (("age", "backpack", "bag", "handbag", "hat", "clothes", "down", "up",
+                     "hair", "gender")
+                    + tuple("up" + colour for colour in UP_COLOURS)
+                    + tuple("down" + colour for colour in DOWN_COLOURS))
+CARRIED = ("backpack", "handbag", "bag")  # the order in which carried things are named
+AGE_WORDS = {1: "young", 2: "teenage", 3: "adult", 4: "old"}
+PERSON_NOUNS = {1: "man", 2: "woman"}
+TEEN_NOUNS = {1: "boy", 2: "girl"}
+YES = 2  # binary attributes: 1 no, 2 yes
+
+
+# ----------------------------------------------------------------------------
+# Attributes
+# ----------------------------------------------------------------------------
+
+def read_attributes(path: Path) -> dict:
+    """``{person id: {attribute: int}}`` over the ``train`` and ``test`` parts of the
+    Market-1501 attribute file; fields are found by name, whatever their order."""
+    import scipy.io
+
+    path = Path(path)
+    try:
+        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    except FileNotFoundError:
+        raise DatasetError(f"attribute file not found: {path}") from None
+    except Exception as error:  # scipy raises several types for damaged files
+        raise DatasetError(f"{path}: not a readable MAT file ({error})") from None
+    if "market_attribute" not in mat:
+        found = sorted(key for key in mat if not key.startswith("__"))
+        raise DatasetError(f"{path}: no variable 'market_attribute' (found: "
+                           f"{', '.join(found) or 'none'})")
+    struct = mat["market_attribute"]
+    attributes = {}
+    for part in ("train", "test"):
+        if not hasattr(struct, part):
+            raise DatasetError(f"{path}: market_attribute has no '{part}' struct")
+        attributes.update(_read_part(path, part, getattr(struct, part)))
+    return attributes
+
+
+def _read_part(path: Path, part: str, struct) -> dict:
+    names = set(getattr(struct, "_fieldnames", ()))
+    missing = [field for field in ATTRIBUTE_FIELDS + ("image_index",) if field not in names]
+    if missing:
+        raise DatasetError(f"{path}: market_attribute.{part} lacks field(s) "
+                           f"{', '.join(missing)}")
+    index = np.atleast_1d(struct.image_index)
+    try:
+        ids = [int(str(entry).strip()) for entry in index]
+    except ValueError:
+        raise DatasetError(f"{path}: market_attribute.{part}.image_index holds a "
+                           "non-numeric person id") from None
+    columns = {}
+    for field in ATTRIBUTE_FIELDS:
+        values = np.atleast_1d(getattr(struct, field))
+        if values.size != len(ids):
+            raise DatasetError(f"{path}: market_attribute.{part}.{field} has {values.size} "
+                               f"values for {len(ids)} ids in image_index")
+        columns[field] = [int(value) for value in values.reshape(-1)]
+    return {pid: {field: columns[field][position] for field in ATTRIBUTE_FIELDS}
+            for position, pid in enumerate(ids)}
+
+
+def _join(words: list) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _with_article(phrase: str) -> str:
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def attribute_phrases(attributes: dict) -> list:
+    """Feedback phrases of one person in a fixed order: who (gender and age), hair, upper
+    body, lower body, carried things, hat. A phrase with nothing to say is left out, and
+    values outside the documented coding count as unknown."""
+    get = attributes.get
+    phrases = []
+
+    gender, age = get("gender"), get("age")
+    if gender in PERSON_NOUNS or age in AGE_WORDS:
+        if age == 2:
+            noun = TEEN_NOUNS.get(gender, "teenager")
+            phrases.append(_with_article(f"teenage {noun}" if gender in TEEN_NOUNS else noun))
+        else:
+            words = [AGE_WORDS[age]] if age in AGE_WORDS else []
+            words.append(PERSON_NOUNS.get(gender, "person"))
+            phrases.append(_with_article(" ".join(words)))
+
+    hair = {1: "short", 2: "long"}.get(get("hair"))
+    if hair:
+        phrases.append(f"with {hair} hair")
+
+    up_colours = [colour for colour in UP_COLOURS if get("up" + colour) == YES]
+    sleeve = {1: "long-sleeved", 2: "short-sleeved"}.get(get("up"))
+    if up_colours or sleeve:
+        words = ([_join(up_colours)] if up_colours else []) + ([sleeve] if sleeve else [])
+        phrases.append("wearing " + _with_article(" ".join(words + ["top"])))
+
+    down_colours = [colour for colour in DOWN_COLOURS if get("down" + colour) == YES]
+    length = {1: "long", 2: "short"}.get(get("down"))
+    clothes = get("clothes")
+    if down_colours or length or clothes in (1, 2):
+        if clothes == 1:
+            garment = "dress"
+        else:
+            garment = {"long": "trousers", "short": "shorts"}.get(length, "trousers")
+        words = ([length] if length else []) + ([_join(down_colours)] if down_colours else [])
+        phrase = " ".join(words + [garment])
+        phrases.append(_with_article(phrase) if garment == "dress" else phrase)
+
+    carried = [thing for thing in CARRIED if get(thing) == YES]
+    if carried:
+        phrases.append("carrying " + _join([_with_article(thing) for thing in carried]))
+
+    if get("hat") == YES:
+        phrases.append("wearing a hat")
+    return phrases
+
+
+# ----------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------
+
+def _folder(root: Path) -> Path:
+    require_path(Path(root), "data.root", LAYOUT)
+    return require_path(Path(root) / FOLDER, "Market-Sketch-1K folder", LAYOUT)
+
+
+def _images(folder: Path) -> list:
+    return sorted(path for path in folder.iterdir()
+                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def person_id(path: Path) -> int:
+    """The person id that starts a Market file name (``0042_c1s1_...`` -> 42)."""
+    try:
+        return int(path.stem.split("_")[0])
+    except ValueError:
+        raise DatasetError(f"{path}: file name does not start with a person id "
+                           "(expected XXXX_...)") from None
+
+
+def _photos(folder: Path, part: str) -> list:
+    return _images(require_path(folder / "photo" / part, f"Market-Sketch-1K {part} photos",
+                                LAYOUT))
+
+
+def _sketches(folder: Path, part: str) -> list:
+    """Sketches of ``part`` over every style folder, sorted by style then name."""
+    sketch_root = require_path(folder / "sketch", "Market-Sketch-1K sketches", LAYOUT)
+    styles = sorted(path for path in sketch_root.iterdir() if path.is_dir())
+    sketches = [path for style in styles if (style / part).is_dir()
+                for path in _images(style / part)]
+    if not sketches:
+        raise DatasetError(f"no {part} sketches in {sketch_root}/<style>/{part}/\n"
+                           f"expected layout:\n{LAYOUT}")
+    return sketches
+
+
+def train_samples(root: Path) -> list:
+    """One sample per training sketch (all styles), paired with every training photo of
+    its person; labels 0..N-1 follow the sorted person ids."""
+    folder = _folder(root)
+    photos_of = {}
+    for photo in _photos(folder, "train"):
+        photos_of.setdefault(person_id(photo), []).append(photo)
+    sketches = _sketches(folder, "train")
+    ids = [person_id(sketch) for sketch in sketches]
+    for sketch, pid in zip(sketches, ids):
+        if pid not in photos_of:
+            raise DatasetError(f"training sketch {sketch} has no training photo of person "
+                               f"{pid:04d} in {folder / 'photo' / 'train'}")
+    labels = {pid: label for label, pid in enumerate(sorted(set(ids)))}
+    samples = [TrainSample(labels[pid], tuple(photos_of[pid]), sketch, ())
+               for sketch, pid in zip(sketches, ids)]
+    log.info("Market-Sketch-1K train: %d sketches of %d people", len(samples), len(labels))
+    return samples
+
+
+def eval_set(root: Path, split: str) -> EvalSet:
+    """Test photos as gallery, test sketches (all styles) as queries, and the attribute
+    phrases of each query's person as its feedback."""
+    if split != "test":
+        raise DatasetError(f"Market-Sketch-1K has only a test split (asked for {split!r})")
+    folder = _folder(root)
+    gallery = _photos(folder, "query")
+    if not gallery:
+        raise DatasetError(f"no test photos in {folder / 'photo' / 'query'}\n"
+                           f"expected layout:\n{LAYOUT}")
+    sketches = _sketches(folder, "query")
+    mat_path = require_path(folder / ATTRIBUTE_FILE, "Market-1501 attribute file", LAYOUT)
+    attributes = read_attributes(mat_path)
+    sketch_ids = [person_id(sketch) for sketch in sketches]
+    phrases_of = {}
+    for pid in sketch_ids:
+        if pid not in phrases_of:
+            if pid not in attributes:
+                raise DatasetError(f"query person {pid:04d} has no attributes in {mat_path}")
+            phrases_of[pid] = attribute_phrases(attributes[pid])
+    feedback = [list(phrases_of[pid]) for pid in sketch_ids]
+    log.info("Market-Sketch-1K test: %d gallery photos, %d query sketches of %d people",
+             len(gallery), len(sketches), len(phrases_of))
+    return EvalSet(name="mask1k", gallery_paths=gallery,
+                   gallery_ids=[person_id(photo) for photo in gallery], gallery_cams=None,
+                   sketch_paths=sketches, sketch_ids=sketch_ids, sketch_cams=None,
+                   text_queries=[", ".join(phrases) for phrases in feedback],
+                   text_ids=list(sketch_ids), feedback=feedback)

@@ -1,0 +1,116 @@
+"""Text-based person search datasets with sketches: CUHK-PEDES, ICFG-PEDES, RSTPReid and
+their union Tri-PEDES.
+
+- CUHK-PEDES (Li et al., CVPR 2017): 40,206 photos of 13,003 people, two captions each.
+- ICFG-PEDES (Ding et al., 2021): 54,522 photos of 4,102 people, one caption each.
+- RSTPReid (Zhu et al., ACM MM 2021): 20,505 photos of 4,101 people, two captions each.
+- Tri-PEDES (Chen et al., "Towards Modality-Agnostic Person Re-identification with
+  Descriptive Query", CVPR 2023): the three above, each photo paired with a sketch.
+
+On disk, per dataset folder::
+
+    <root>/CUHK-PEDES/
+        train_reid.json  val_reid.json  test_reid.json
+        imgs/<file_path>          photo
+        imgs-sketch/<file_path>   its sketch (same relative path)
+
+each JSON a list of ``{"id": int, "file_path": str, "captions": [str], "split": str}``,
+optionally with ``"captions_bt"`` (back-translated captions).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets.base import EvalSet, TrainSample, require_path
+from utils.errors import DatasetError
+
+FOLDERS = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
+LAYOUT = """  <data.root>/{folder}/
+      train_reid.json  val_reid.json  test_reid.json   (lists of {{"id", "file_path", "captions", "split"}})
+      imgs/<file_path>            photos
+      imgs-sketch/<file_path>     sketches, same relative paths"""
+
+
+def read_annotations(root: Path, name: str, split: str) -> list:
+    """The entries of ``<root>/<Folder>/<split>_reid.json``, checked for the required fields."""
+    folder = Path(root) / FOLDERS[name]
+    layout = LAYOUT.format(folder=FOLDERS[name])
+    require_path(Path(root), "data.root", layout)
+    require_path(folder, f"{name} folder", layout)
+    path = require_path(folder / f"{split}_reid.json", f"{name} {split} annotations", layout)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: malformed JSON at line {error.lineno}, column "
+                           f"{error.colno}: {error.msg}") from None
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
+    for position, entry in enumerate(entries):
+        missing = [key for key in ("id", "file_path", "captions")
+                   if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise DatasetError(f"{path}: entry {position} lacks {', '.join(missing)}")
+    if not entries:
+        raise DatasetError(f"{path}: the {split} split is empty")
+    return entries
+
+
+def photo_and_sketch(root: Path, name: str, file_path: str) -> tuple:
+    folder = Path(root) / FOLDERS[name]
+    return folder / "imgs" / file_path, folder / "imgs-sketch" / file_path
+
+
+def check_files_exist(root: Path, name: str, split: str, entries: list) -> None:
+    """Every annotation must point at a photo and a sketch (checked once, up front)."""
+    for entry in entries:
+        for path in photo_and_sketch(root, name, entry["file_path"]):
+            if not path.is_file():
+                raise DatasetError(f"{FOLDERS[name]}/{split}_reid.json: entry id {entry['id']} "
+                                   f"points at a missing file: {path}")
+
+
+def train_samples(root: Path, names: list) -> list:
+    """One sample per (photo, caption); person ids relabelled to 0..N-1 over all ``names``,
+    kept apart per dataset (the same number in two datasets is two people)."""
+    samples, labels = [], {}
+    for name in names:
+        entries = read_annotations(root, name, "train")
+        check_files_exist(root, name, "train", entries)
+        for entry in entries:
+            label = labels.setdefault((name, entry["id"]), len(labels))
+            photo, sketch = photo_and_sketch(root, name, entry["file_path"])
+            captions_bt = tuple(entry.get("captions_bt") or ())
+            for position, caption in enumerate(entry["captions"]):
+                # A back-translation at the same position paraphrases this caption.
+                bt = (captions_bt[position],) if position < len(captions_bt) else ()
+                samples.append(TrainSample(label, (photo,), sketch, (caption,), bt))
+    return samples
+
+
+def eval_set(root: Path, name: str, split: str) -> EvalSet:
+    """Gallery = photos of the split; queries = its captions and its sketches. Each sketch's
+    cam is the index of its own photo, so that photo is left out of its ranking."""
+    entries = read_annotations(root, name, split)
+    check_files_exist(root, name, split, entries)
+    gallery_paths, gallery_ids, texts, text_ids, sketches = [], [], [], [], []
+    for index, entry in enumerate(entries):
+        photo, sketch = photo_and_sketch(root, name, entry["file_path"])
+        gallery_paths.append(photo)
+        gallery_ids.append(entry["id"])
+        sketches.append(sketch)
+        texts.extend(entry["captions"])
+        text_ids.extend([entry["id"]] * len(entry["captions"]))
+    cams = list(range(len(entries)))
+    return EvalSet(name=name, gallery_paths=gallery_paths, gallery_ids=gallery_ids,
+                   gallery_cams=cams, sketch_paths=sketches, sketch_ids=list(gallery_ids),
+                   sketch_cams=list(cams), text_queries=texts, text_ids=text_ids,
+                   feedback=[[text] for text in _first_captions(entries)])
+
+
+def _first_captions(entries: list) -> list:
+    return [entry["captions"][0] if entry["captions"] else "" for entry in entries]
+
+
+def has_split(root: Path, name: str, split: str) -> bool:
+    return (Path(root) / FOLDERS[name] / f"{split}_reid.json").is_file()

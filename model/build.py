@@ -1,0 +1,41 @@
+"""Building the CLIP inside a model: from OpenAI's file (start of stage 1) or from a
+project checkpoint (start of stage 2, test.py, search)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from model.clip import CLIP, build_clip, load_clip
+
+CLIP_PREFIX = "clip."
+
+
+def configure_clip(clip: CLIP, model_cfg) -> CLIP:
+    """Apply the training options of ``model.*`` to a freshly built CLIP."""
+    if model_cfg.freeze_patch_embed:
+        clip.freeze_patch_embedding()
+    clip.set_grad_checkpointing(model_cfg.grad_checkpointing)
+    return clip
+
+
+def clip_from_pretrained(cfg) -> CLIP:
+    """CLIP from ``model.pretrained`` (an OpenAI checkpoint) at the configured input size."""
+    clip = load_clip(cfg.model.pretrained, cfg.model.image_size, cfg.model.context_length)
+    return configure_clip(clip, cfg.model)
+
+
+def clip_from_project_state(model_state: Mapping[str, torch.Tensor], stored_cfg, cfg) -> CLIP:
+    """The CLIP inside a project checkpoint's model state, rebuilt at ``cfg``'s input size.
+
+    ``stored_cfg`` is the config the checkpoint was trained with: its image size gives the
+    position grid of the stored weights (which may be non-square).
+    """
+    clip_state = {key[len(CLIP_PREFIX):]: value for key, value in model_state.items()
+                  if key.startswith(CLIP_PREFIX)}
+    patch = clip_state["visual.conv1.weight"].shape[-1]
+    stored_size = stored_cfg["model"]["image_size"]
+    grid = (stored_size[0] // patch, stored_size[1] // patch)
+    clip = build_clip(clip_state, cfg.model.image_size, cfg.model.context_length,
+                      source_grid=grid)
+    return configure_clip(clip, cfg.model)

@@ -1,0 +1,70 @@
+"""Write a random-weight CLIP checkpoint in OpenAI's key layout.
+
+No CLIP weights can be downloaded in some places (and tests must not), so tests and the
+CPU demo start from a randomly initialised CLIP saved exactly like OpenAI's state dicts:
+
+    python -m model.random_clip --out checkpoint/tiny-random.pt --preset tiny
+    python -m model.random_clip --out /tmp/vitb16-random.pt --preset vit-b-16
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from model.clip import CLIP, ClipArchitecture
+
+VOCAB_SIZE = 49408  # CLIP's BPE vocabulary
+PRESETS = {
+    # A few hundred thousand parameters per tower: trains on a laptop CPU in minutes.
+    "tiny": ClipArchitecture(embed_dim=64, patch_size=8, vision_width=64, vision_layers=2,
+                             pretrained_grid=(4, 4), text_width=64, text_layers=2,
+                             vocab_size=VOCAB_SIZE, pretrained_context_length=77),
+    # The shapes of OpenAI's ViT-B/16.
+    "vit-b-16": ClipArchitecture(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
+                                 pretrained_grid=(14, 14), text_width=512, text_layers=12,
+                                 vocab_size=VOCAB_SIZE, pretrained_context_length=77),
+}
+
+
+def random_clip_state_dict(arch: ClipArchitecture, seed: int = 0) -> dict:
+    """A CLIP state dict with CLIP's random initialisation, plus OpenAI's metadata entries."""
+    torch.manual_seed(seed)
+    grid = arch.pretrained_grid
+    model = CLIP(arch, (grid[0] * arch.patch_size, grid[1] * arch.patch_size),
+                 arch.pretrained_context_length)
+    state_dict = dict(model.state_dict())
+    state_dict["input_resolution"] = torch.tensor(grid[0] * arch.patch_size)
+    state_dict["context_length"] = torch.tensor(arch.pretrained_context_length)
+    state_dict["vocab_size"] = torch.tensor(arch.vocab_size)
+    return state_dict
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="file to write (refuses to overwrite)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, help="override the layer count of both towers")
+    parser.add_argument("--width", type=int, help="override width and embed dim of both towers")
+    args = parser.parse_args(argv)
+    arch = PRESETS[args.preset]
+    if args.layers:
+        arch = dataclasses.replace(arch, vision_layers=args.layers, text_layers=args.layers)
+    if args.width:
+        arch = dataclasses.replace(arch, vision_width=args.width, text_width=args.width,
+                                   embed_dim=args.width)
+    out = Path(args.out)
+    if out.exists():
+        parser.exit(2, f"error: {out} already exists; choose another --out or remove it\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(random_clip_state_dict(arch, args.seed), out)
+    print(f"wrote random {args.preset} CLIP ({arch.vision_layers}+{arch.text_layers} layers) "
+          f"to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Evaluate a checkpoint of either stage and write ``results.json``.
+
+    python test.py --checkpoint outputs/TriPEDES_pretrain/checkpoint_best.pth
+    python test.py --checkpoint outputs/Market_finetune/checkpoint_best.pth data.root=/data
+    python test.py --checkpoint outputs/PKU_finetune      # every trial_<t>/, mean and std
+
+The model is rebuilt from the config stored in the checkpoint; KEY=VALUE overrides it (e.g.
+``data.root``, ``device``, ``test.batch_size``). Results go to ``results.json`` beside the
+checkpoint, or into ``output_dir=<folder>`` when given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+from utils.checkpoint import load_checkpoint
+from utils.config import load_config, to_plain
+from utils.distributed import resolve_device
+from utils.errors import UserError, exit_on_user_error
+from utils.evaluation import METRICS, format_table, results_rows
+from utils.logger import setup_logging
+from utils.stages import stage_for
+
+log = logging.getLogger("test")
+
+
+def checkpoints_to_evaluate(path: Path) -> list:
+    """[(trial or None, checkpoint file)]: a file, a run dir, or a run dir of trials."""
+    if path.is_file():
+        return [(None, path)]
+    if not path.is_dir():
+        raise UserError(f"checkpoint not found: {path}")
+    if (path / "checkpoint_best.pth").is_file():
+        return [(None, path / "checkpoint_best.pth")]
+    trials = sorted(path.glob("trial_*/checkpoint_best.pth"),
+                    key=lambda p: int(p.parent.name.split("_")[1]))
+    if trials:
+        return [(int(p.parent.name.split("_")[1]), p) for p in trials]
+    raise UserError(f"{path} holds no checkpoint_best.pth (nor trial_<t>/checkpoint_best.pth); "
+                    "train first or give a checkpoint file")
+
+
+def evaluate_checkpoint(path: Path, overrides: list, trial=None) -> tuple:
+    checkpoint = load_checkpoint(path)
+    cfg = load_config(None, overrides, base=checkpoint["config"])
+    stage = stage_for(checkpoint["stage"])
+    model = stage.model_from_checkpoint(checkpoint, cfg, str(path))
+    device = resolve_device(cfg.device)
+    model = model.to(device).eval()
+    trial = checkpoint.get("trial", trial)
+    log.info("evaluating %s (%s, epoch %s) on %s", path, stage.title, checkpoint.get("epoch"),
+             cfg.data.dataset + (f" trial {trial}" if trial is not None else ""))
+    return stage.evaluate(model, cfg, "test", device, trial), cfg
+
+
+def mean_over_trials(trial_results: list) -> dict:
+    """Mean and (sample) standard deviation of every metric of every task over trials."""
+    tasks, spread = {}, {}
+    for task in trial_results[0]["tasks"]:
+        values = {m: [r["tasks"][task][m] for r in trial_results] for m in METRICS}
+        tasks[task] = {m: statistics.fmean(v) for m, v in values.items()}
+        spread[task] = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in values.items()}
+    return {"tasks": tasks, "std": spread}
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    setup_logging(None)
+    path = Path(args.checkpoint)
+    jobs = checkpoints_to_evaluate(path)
+    runs = [(trial, *evaluate_checkpoint(file, args.overrides, trial)) for trial, file in jobs]
+    if len(runs) == 1:
+        results = runs[0][1]
+    else:
+        trials = [{"trial": trial, "tasks": result["tasks"]} for trial, result, _ in runs]
+        results = {"dataset": runs[0][2].data.dataset, **mean_over_trials(trials),
+                   "trials": trials}
+    results["checkpoint"] = str(path)
+    results["config"] = to_plain(runs[0][2])
+    given = any(item.startswith("output_dir=") for item in args.overrides)
+    output_dir = Path(runs[0][2].output_dir) if given else (path if path.is_dir() else path.parent)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{results['dataset']} test" + (f" (mean of {len(runs)} trials)" if len(runs) > 1 else "")
+    print(format_table(results_rows(results), title))
+    with open(output_dir / "results.json", "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    print(f"results written to {output_dir / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

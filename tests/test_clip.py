@@ -1,0 +1,215 @@
+"""CLIP towers and checkpoint loading, checked against OpenAI's own model code."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.clip import CheckpointError, load_clip
+from model.pos_embed import resample_text_positions, resample_vision_positions
+from model.random_clip import PRESETS, random_clip_state_dict
+from model.tokenizer import tokenize
+from tests.peers import load_peer_file
+
+CAPTIONS = [
+    "a woman in a red short-sleeved shirt and black trousers, carrying a white handbag",
+    "A MAN WITH SHORT HAIR wearing a blue jacket & grey shorts.",
+    "",
+    "person with a backpack " * 20,  # longer than the context: cut, end token kept
+]
+
+
+def peer_clip(embed_dim=48, image_resolution=32, vision_layers=2, vision_width=128, patch=8,
+              context_length=77, text_width=64, text_layers=2, seed=0):
+    """OpenAI's CLIP with every parameter (biases and norms too) set to random values."""
+    peer_model = load_peer_file("clip", "model.py")
+    torch.manual_seed(seed)
+    model = peer_model.CLIP(embed_dim, image_resolution, vision_layers, vision_width, patch,
+                            context_length, 49408, text_width, text_width // 64, text_layers)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name != "logit_scale":
+                parameter.normal_(0, 0.05 if parameter.dim() > 1 else 0.5)
+    return model.eval()
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours - reference).norm() / reference.norm()).item()
+
+
+def assert_same_embeddings(model, peer, image_size, context_length=77):
+    images = torch.randn(3, 3, *image_size, generator=torch.Generator().manual_seed(1))
+    tokens = tokenize(CAPTIONS, context_length)
+    with torch.no_grad():
+        assert relative_error(model.encode_image(images), peer.encode_image(images)) < 1e-4
+        assert relative_error(model.encode_text(tokens), peer.encode_text(tokens)) < 1e-4
+
+
+def test_state_dict_parity(tmp_path):
+    peer = peer_clip()
+    torch.save(peer.state_dict(), tmp_path / "clip.pt")
+    model = load_clip(tmp_path / "clip.pt", image_size=(32, 32)).eval()
+    assert model.arch.vision_layers == 2 and model.arch.text_layers == 2
+    assert model.arch.patch_size == 8 and model.arch.embed_dim == 48
+    assert_same_embeddings(model, peer, (32, 32))
+    assert torch.equal(model.logit_scale, peer.logit_scale)
+
+
+def test_torchscript_archive_parity(tmp_path):
+    """OpenAI publishes TorchScript archives whose state dict carries three metadata scalars."""
+    peer = peer_clip(seed=3)
+    for name, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
+        if hasattr(peer, name):
+            delattr(peer, name)
+        peer.register_buffer(name, torch.tensor(value))
+    example = (torch.randn(1, 3, 32, 32), tokenize(["a photo"]))
+    archive = torch.jit.trace(peer, example, check_trace=False)
+    archive.save(str(tmp_path / "ViT-test.pt"))
+    model = load_clip(tmp_path / "ViT-test.pt", image_size=(32, 32)).eval()
+    assert_same_embeddings(model, peer, (32, 32))
+
+
+def test_half_precision_file_loads_in_float32(tmp_path):
+    peer = peer_clip(seed=4)
+    torch.save({key: value.half() for key, value in peer.state_dict().items()}, tmp_path / "h.pt")
+    model = load_clip(tmp_path / "h.pt", image_size=(32, 32))
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+
+
+def test_shorter_context_is_exact_for_texts_that_fit(tmp_path):
+    peer = peer_clip(seed=5)
+    torch.save(peer.state_dict(), tmp_path / "clip.pt")
+    model = load_clip(tmp_path / "clip.pt", image_size=(32, 32), context_length=24).eval()
+    short = ["a man in a blue coat", "she carries a red bag"]
+    with torch.no_grad():
+        ours = model.encode_text(tokenize(short, 24))
+        reference = peer.encode_text(tokenize(short, 77))
+    assert relative_error(ours, reference) < 1e-4
+    with pytest.raises(ValueError, match="length 77"):
+        model.encode_text(tokenize(short, 77))
+
+
+def test_person_shaped_input_resamples_the_grid(tmp_path):
+    peer = peer_clip(seed=6)
+    torch.save(peer.state_dict(), tmp_path / "clip.pt")
+    model = load_clip(tmp_path / "clip.pt", image_size=(64, 32))
+    positions = model.visual.positional_embedding
+    assert positions.shape == (1 + 8 * 4, 128)
+    assert torch.equal(positions[0], peer.visual.positional_embedding[0])  # class token kept
+    features = model.encode_image(torch.randn(2, 3, 64, 32))
+    assert features.shape == (2, 48)
+
+
+def test_resamplers():
+    table = torch.randn(1 + 4 * 4, 8)
+    assert torch.equal(resample_vision_positions(table, (4, 4), (4, 4)), table)
+    constant = torch.cat([torch.zeros(1, 8), torch.full((16, 8), 3.0)])
+    resized = resample_vision_positions(constant, (4, 4), (6, 2))
+    assert resized.shape == (13, 8) and torch.allclose(resized[1:], torch.full((12, 8), 3.0))
+    # A grid that varies along rows only keeps that structure in the new grid.
+    rows = torch.arange(4.0).repeat_interleave(4).unsqueeze(1).expand(16, 8)
+    ramp = resample_vision_positions(torch.cat([torch.zeros(1, 8), rows]), (4, 4), (8, 2))
+    by_row = ramp[1:, 0].reshape(8, 2)
+    assert torch.allclose(by_row[:, 0], by_row[:, 1]) and (by_row[1:, 0] >= by_row[:-1, 0]).all()
+    half = torch.randn(77, 8).half()
+    assert resample_text_positions(half, 100).dtype == torch.float16
+    longer = resample_text_positions(torch.randn(77, 8), 100)
+    assert longer.shape == (100, 8)
+
+
+def test_pseudo_token_equals_the_word_it_stands_for(tiny_clip):
+    model = tiny_clip.eval()
+    templates = ["a photo of * , and she carries a red bag", "a photo of *"]
+    with torch.no_grad():
+        for template in templates:
+            dog_id = tokenize(["dog"])[0, 1]
+            dog_embedding = model.token_embedding.weight[dog_id].expand(2, -1)
+            composed = model.encode_text_with_pseudo_token(tokenize([template] * 2), dog_embedding)
+            plain = model.encode_text(tokenize([template.replace("*", "dog")] * 2))
+            assert torch.allclose(composed, plain, atol=1e-6)
+        # Each row gets its own token.
+        words = ["dog", "cat"]
+        embeddings = torch.stack([model.token_embedding.weight[tokenize([w])[0, 1]] for w in words])
+        composed = model.encode_text_with_pseudo_token(tokenize(["a photo of *"] * 2), embeddings)
+        plain = model.encode_text(tokenize([f"a photo of {w}" for w in words]))
+        assert torch.allclose(composed, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("problem", ["missing", "unexpected", "shape"])
+def test_strict_loading_names_the_key(tmp_path, problem):
+    state_dict = random_clip_state_dict(PRESETS["tiny"])
+    if problem == "missing":
+        del state_dict["ln_final.bias"]
+        expected = "missing keys: ln_final.bias"
+    elif problem == "unexpected":
+        state_dict["visual.extra_head.weight"] = torch.zeros(3)
+        expected = "unexpected keys: visual.extra_head.weight"
+    else:
+        state_dict["visual.ln_post.weight"] = torch.zeros(5)
+        expected = r"wrong shapes: visual.ln_post.weight \(checkpoint \[5\], model \[64\]\)"
+    torch.save(state_dict, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=expected):
+        load_clip(tmp_path / "bad.pt", image_size=(32, 32))
+
+
+def test_unreadable_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found: .*nothing.pt"):
+        load_clip(tmp_path / "nothing.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_clip(tmp_path / "garbage.pt")
+    torch.save({"weights": [1, 2, 3]}, tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="list.pt"):
+        load_clip(tmp_path / "list.pt")
+    torch.save({"visual.layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "resnet.pt")
+    with pytest.raises(CheckpointError, match="ResNet"):
+        load_clip(tmp_path / "resnet.pt")
+    with pytest.raises(CheckpointError, match="multiples of the patch size 8"):
+        torch.save(random_clip_state_dict(PRESETS["tiny"]), tmp_path / "tiny.pt")
+        load_clip(tmp_path / "tiny.pt", image_size=(30, 32))
+
+
+def test_vit_b16_shapes_load_and_match(tmp_path):
+    """The full-size path: OpenAI's ViT-B/16 shapes with random weights, 384x128 input."""
+    peer = peer_clip(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                     patch=16, text_width=512, text_layers=12, seed=7)
+    torch.save(peer.state_dict(), tmp_path / "ViT-B-16.pt")
+    model = load_clip(tmp_path / "ViT-B-16.pt", image_size=(224, 224)).eval()
+    assert (model.arch.vision_width, model.arch.vision_layers, model.arch.patch_size) == (768, 12, 16)
+    assert (model.arch.text_width, model.arch.text_layers, model.arch.embed_dim) == (512, 12, 512)
+    images = torch.randn(1, 3, 224, 224)
+    tokens = tokenize(CAPTIONS[:2])
+    with torch.no_grad():
+        assert relative_error(model.encode_image(images), peer.encode_image(images)) < 1e-4
+        assert relative_error(model.encode_text(tokens), peer.encode_text(tokens)) < 1e-4
+    person = load_clip(tmp_path / "ViT-B-16.pt", image_size=(384, 128))
+    assert person.visual.positional_embedding.shape == (1 + 24 * 8, 768)
+
+
+def test_gradients_reach_every_trainable_parameter(tiny_clip):
+    model = tiny_clip.train()
+    model.freeze_patch_embedding()
+    images, tokens = torch.randn(2, 3, 32, 32), tokenize(["a red coat", "a blue bag"])
+    loss = model.encode_image(images).sum() + model.encode_text(tokens).square().sum()
+    loss = loss + model.logit_scale
+    loss.backward()
+    assert model.visual.conv1.weight.grad is None
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and name != "token_embedding.weight":
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_clip):
+    images, tokens = torch.randn(2, 3, 32, 32), tokenize(["a red coat", "a blue bag"])
+
+    def gradients(model):
+        model.zero_grad()
+        (model.encode_image(images).sum() + model.encode_text(tokens).sum()).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients(tiny_clip)
+    tiny_clip.set_grad_checkpointing(True)
+    recomputed = gradients(tiny_clip)
+    tiny_clip.set_grad_checkpointing(False)
+    assert plain.keys() == recomputed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], recomputed[name], atol=1e-6), name

@@ -1,0 +1,145 @@
+"""Losses of both stages against plain references, and their gradients across processes."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from easydict import EasyDict
+
+from model.losses import (identity_targets, info_nce_loss, reverse_kl_loss,
+                          soft_contrastive_loss)
+
+
+def features(batch=6, dim=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (F.normalize(torch.randn(batch, dim, generator=generator), dim=-1),
+            F.normalize(torch.randn(batch, dim, generator=generator), dim=-1))
+
+
+def test_identity_targets_spread_over_same_person():
+    targets = identity_targets(torch.tensor([3, 3, 5, 7]))
+    assert torch.allclose(targets[0], torch.tensor([0.5, 0.5, 0, 0]))
+    assert torch.allclose(targets.sum(1), torch.ones(4))
+
+
+def test_soft_contrastive_without_soft_targets_is_cross_entropy():
+    a, b = features()
+    labels = torch.arange(6)
+    scale = torch.tensor(10.0)
+    logits = scale * a @ b.t()
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    assert torch.allclose(soft_contrastive_loss(a, b, labels, scale, alpha=0.0), expected)
+    assert torch.allclose(info_nce_loss(a, b, scale), expected)
+
+
+def test_soft_targets_mix_similarity_and_identity():
+    a, b = features()
+    labels = torch.tensor([0, 0, 1, 2, 3, 3])
+    scale, alpha = torch.tensor(20.0), 0.5
+    logits = scale * a @ b.t()
+    same = identity_targets(labels)
+    targets_ab = alpha * logits.softmax(1) + (1 - alpha) * same
+    targets_ba = alpha * logits.t().softmax(1) + (1 - alpha) * same
+    expected = (-(logits.log_softmax(1) * targets_ab).sum(1).mean()
+                - (logits.t().log_softmax(1) * targets_ba).sum(1).mean()) / 2
+    assert torch.allclose(soft_contrastive_loss(a, b, labels, scale, alpha), expected)
+    # Separately computed soft features that equal the pass's own give the same loss.
+    same_loss = soft_contrastive_loss(a, b, labels, scale, alpha, a.clone(), b.clone())
+    assert torch.allclose(same_loss, expected)
+
+
+def test_reverse_kl_matches_a_direct_sum():
+    a, b = features(seed=2)
+    labels = torch.tensor([0, 1, 1, 2, 3, 4])
+    scale, eps = torch.tensor(15.0), 1e-2
+    logits = scale * a @ b.t()
+    q = identity_targets(labels) + eps
+    q = q / q.sum(1, keepdim=True)
+    total = 0.0
+    for direction in (logits, logits.t()):
+        p = direction.softmax(1)
+        total += sum(p[i, j] * (p[i, j].log() - q[i, j].log())
+                     for i in range(6) for j in range(6)) / 6
+    assert torch.allclose(reverse_kl_loss(a, b, labels, scale, eps), total / 2, atol=1e-6)
+    assert reverse_kl_loss(a, b, labels, scale, eps) >= 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _loss_cfg(**weights):
+    cfg = dict(nitc=1.0, nisc=1.0, ritc=1.0, ritc_eps=1e-2, id=0.0, citc=0.5, citc_lambda1=0.25,
+               citc_lambda2=0.25, ss=0.0, ss_temperature=0.1, separate_soft_target_pass=False)
+    cfg.update(weights)
+    return EasyDict(cfg)
+
+
+def _batch(size=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    from model.tokenizer import tokenize
+    words = ["red", "blue", "green", "black", "white", "gray", "pink", "brown"]
+    return {"photo": torch.randn(size, 3, 32, 16, generator=generator),
+            "sketch": torch.randn(size, 3, 32, 16, generator=generator),
+            "tokens": tokenize([f"a person in a {w} coat" for w in words[:size]]),
+            "label": torch.tensor([0, 0, 1, 2, 3, 3, 4, 5][:size])}
+
+
+def _adapt_model(clip_path):
+    from model.adapt import AdaptModel
+    from model.clip import load_clip
+    torch.manual_seed(0)
+    return AdaptModel(load_clip(clip_path, image_size=(32, 16)), _loss_cfg(), num_classes=6)
+
+
+def _worker(rank, world, port, clip_path, result_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _adapt_model(clip_path)
+    batch = _batch()
+    half = {key: value[rank * 4:(rank + 1) * 4] for key, value in batch.items()}
+    losses = model(half, alpha=0.4)
+    sum(losses.values()).backward()
+    grads = {}
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)  # what DDP does (sum, then / world)
+            grads[name] = parameter.grad / world
+    if rank == 0:
+        torch.save({"losses": {k: v.item() for k, v in losses.items()}, "grads": grads},
+                   result_path)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_global_batch_gradients_equal_single_process(tiny_clip_path, tmp_path):
+    """Two processes with 4 samples each, features gathered with gradients, DDP averaging:
+    the same losses and gradients as one process with all 8."""
+    model = _adapt_model(tiny_clip_path)
+    losses = model(_batch(), alpha=0.4)
+    sum(losses.values()).backward()
+    context = mp.get_context("spawn")
+    port, result_path = _free_port(), tmp_path / "rank0.pt"
+    processes = [context.Process(target=_worker, args=(rank, 2, port, tiny_clip_path,
+                                                       result_path)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    result = torch.load(result_path, weights_only=True)
+    distributed_losses, distributed_grads = result["losses"], result["grads"]
+    for name, value in losses.items():
+        assert distributed_losses[name] == pytest.approx(value.item(), rel=1e-5), name
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            assert torch.allclose(distributed_grads[name], parameter.grad, rtol=1e-4,
+                                  atol=1e-7), name

@@ -1,0 +1,277 @@
+"""The one training loop of both stages: devices, processes, precision, schedule, evaluation,
+checkpoints and resume. What differs per stage lives in a ``Stage`` (utils/stages.py)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.sampler import EpochSampler
+from utils import distributed
+from utils.checkpoint import (CHECKPOINT_NAMES, load_checkpoint, random_states,
+                              restore_random_states, save_atomic)
+from utils.config import save_config, to_plain
+from utils.errors import UserError
+from utils.evaluation import autocast, format_table, results_rows
+from utils.logger import setup_logging
+from utils.schedule import learning_rate
+
+log = logging.getLogger(__name__)
+MAX_SKIPPED_STEPS = 5  # consecutive non-finite fp16 steps the grad scaler may skip
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. the loss is no longer finite)."""
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def prepare_output_dir(cfg) -> Path:
+    """Create the run folder; refuse to start a new run over an old run's checkpoints."""
+    output_dir = Path(cfg.output_dir)
+    existing = [name for name in CHECKPOINT_NAMES if (output_dir / name).exists()]
+    if existing and not cfg.train.resume:
+        raise UserError(f"{output_dir} already holds {', '.join(existing)}; continue that run "
+                        f"with train.resume=true, or start a new one with output_dir=<new folder>")
+    if cfg.train.resume and not (output_dir / "checkpoint_last.pth").exists():
+        raise UserError(f"train.resume=true but {output_dir / 'checkpoint_last.pth'} does not exist")
+    return output_dir
+
+
+def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
+    """AdamW; no weight decay on biases, norms, embeddings' 1-D parameters or the logit scale.
+    ``lr_scales`` maps a parameter-name prefix to a learning-rate multiplier."""
+    lr_scales = lr_scales or {}
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        scale = next((value for prefix, value in lr_scales.items() if name.startswith(prefix)),
+                     1.0)
+        decay = parameter.ndim >= 2 and "positional_embedding" not in name \
+            and "class_embedding" not in name
+        key = (scale, decay)
+        groups.setdefault(key, {"params": [], "lr_scale": scale,
+                                "weight_decay": cfg.train.weight_decay if decay else 0.0})
+        groups[key]["params"].append(parameter)
+    fused = all(p.is_cuda for group in groups.values() for p in group["params"])
+    return torch.optim.AdamW(list(groups.values()), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                             eps=cfg.train.eps, fused=fused or None,
+                             foreach=None if fused else True)
+
+
+class PreemptionGuard:
+    """Turns SIGTERM/SIGINT into a flag checked between steps, so the loop can save first."""
+
+    def __init__(self):
+        self.requested = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Runs ``stage`` with ``cfg``: train, evaluate after epochs, keep last and best."""
+
+    def __init__(self, cfg, stage, trial: int | None = None):
+        self.cfg, self.stage, self.trial = cfg, stage, trial
+        self.device = distributed.init_distributed(cfg.device)
+        self.output_dir = prepare_output_dir(cfg)
+        self.main = distributed.is_main()
+        if self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        setup_logging(self.output_dir, self.main)
+        seed_everything(cfg.seed + distributed.rank())
+
+        self.train_set = stage.train_dataset(cfg, trial)
+        self.model = stage.build_model(cfg, self.train_set).to(self.device)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        log.info("%s: %d training samples, %s parameters trainable, %s frozen, device %s, "
+                 "%d process(es)", stage.title, len(self.train_set), f"{trainable:,}",
+                 f"{frozen:,}", self.device, distributed.world_size())
+        self.optimizer = build_optimizer(self.model, cfg, stage.lr_scales(cfg))
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.sampler = EpochSampler(len(self.train_set), cfg.train.batch_size, cfg.seed,
+                                    distributed.rank(), distributed.world_size())
+        if self.sampler.batches_per_epoch == 0:
+            raise UserError(f"train.batch_size={cfg.train.batch_size} x {distributed.world_size()} "
+                            f"process(es) is larger than the {len(self.train_set)} training "
+                            "samples; lower train.batch_size")
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
+        self.epoch, self.step, self.best_score = 0, 0, -math.inf
+        if cfg.train.resume:
+            self._resume()
+        elif self.main:
+            save_config(cfg, self.output_dir / "config.yaml")
+        self.train_model = self.model
+        if distributed.world_size() > 1:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    def _amp_dtype(self):
+        if self.device.type != "cuda" or not self.cfg.train.amp:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    # ----------------------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        cfg = self.cfg
+        history = None
+        with PreemptionGuard() as guard:
+            while self.epoch < cfg.train.epochs:
+                finished = self._train_epoch(guard)
+                if not finished:
+                    self._save("checkpoint_last.pth")
+                    log.info("stopped by %s at epoch %d step %d; checkpoint saved, resume with "
+                             "train.resume=true", guard.requested, self.epoch + 1, self.step)
+                    raise SystemExit(143 if guard.requested == "SIGTERM" else 130)
+                self.epoch += 1
+                last = self.epoch == cfg.train.epochs
+                if last or self.epoch % cfg.train.eval_every == 0:
+                    history = self._evaluate_and_select()
+                self._save("checkpoint_last.pth")
+        return history or {}
+
+    def _train_epoch(self, guard: PreemptionGuard) -> bool:
+        cfg = self.cfg
+        start_batch = self.step - self.epoch * self.steps_per_epoch
+        self.sampler.set_epoch(self.epoch, start_batch)
+        loader = DataLoader(self.train_set, batch_size=cfg.train.batch_size, sampler=self.sampler,
+                            num_workers=cfg.data.num_workers, drop_last=True,
+                            pin_memory=self.device.type == "cuda",
+                            collate_fn=self.stage.collate(cfg),
+                            persistent_workers=False)
+        self.train_model.train()
+        progress = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+                        initial=start_batch, total=self.steps_per_epoch, disable=not self.main,
+                        dynamic_ncols=True)
+        skipped = 0
+        for batch in progress:
+            batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+            lr = learning_rate(self.step, self.total_steps, self.warmup_steps, cfg.train.lr,
+                               cfg.train.lr_start, cfg.train.lr_end)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            step_in_epoch = self.step - self.epoch * self.steps_per_epoch
+            with autocast(self.device, self.amp_dtype is not None):
+                losses = self.train_model(batch, **self.stage.loss_inputs(
+                    cfg, self.epoch, step_in_epoch, self.steps_per_epoch))
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                skipped += 1
+                if self.amp_dtype != torch.float16 or skipped > MAX_SKIPPED_STEPS:
+                    raise TrainingError(
+                        f"the loss is not finite at epoch {self.epoch + 1} step {self.step} "
+                        f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
+                        f"stopped, {self.output_dir / 'checkpoint_last.pth'} holds the last "
+                        "good state (try a lower train.lr)")
+            else:
+                skipped = 0
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            if self.main:
+                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+                if self.step % cfg.train.log_every == 0:
+                    log.info("epoch %d step %d lr %.3e loss %.4f (%s)", self.epoch + 1, self.step,
+                             lr, loss.item(),
+                             " ".join(f"{k} {v.item():.4f}" for k, v in losses.items()))
+            if cfg.train.save_every_steps and self.step % cfg.train.save_every_steps == 0 \
+                    and self.step % self.steps_per_epoch:
+                self._save("checkpoint_last.pth")
+            if guard.requested:
+                return False
+        return True
+
+    # ------------------------------------------------------------------------ evaluate
+    def _evaluate_and_select(self) -> dict:
+        cfg, stage = self.cfg, self.stage
+        record = {"epoch": self.epoch, "step": self.step}
+        score = None
+        if self.main:
+            model = self.model.eval()
+            started = time.time()
+            select_on = stage.selection_split(cfg, self.trial)
+            record["test"] = stage.evaluate(model, cfg, "test", self.device, self.trial)
+            log.info("\n%s", format_table(results_rows(record["test"]),
+                                          f"epoch {self.epoch} test"))
+            if select_on != "test":
+                record[select_on] = stage.evaluate(model, cfg, select_on, self.device, self.trial)
+                log.info("\n%s", format_table(results_rows(record[select_on]),
+                                              f"epoch {self.epoch} {select_on}"))
+            score = stage.selection_score(record[select_on], cfg)
+            record["select"] = {"split": select_on, "score": score}
+            record["eval_seconds"] = round(time.time() - started, 1)
+            with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if score > self.best_score:
+                self.best_score = score
+                self._save("checkpoint_best.pth")
+                log.info("new best %s %.2f on %s: saved checkpoint_best.pth", 
+                         stage.selection_name(cfg), score, select_on)
+        distributed.barrier()
+        return record
+
+    # ---------------------------------------------------------------------- checkpoints
+    def _save(self, name: str) -> None:
+        if not self.main:
+            return
+        state = {"stage": self.stage.name, "model": self.model.state_dict(),
+                 "config": to_plain(self.cfg), "epoch": self.epoch, "step": self.step,
+                 "trial": self.trial, "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "best_score": self.best_score,
+                 "rng": random_states()}
+        save_atomic(state, self.output_dir / name)
+
+    def _resume(self) -> None:
+        path = self.output_dir / "checkpoint_last.pth"
+        checkpoint = load_checkpoint(path, self.stage.name)
+        self.stage.load_model_state(self.model, checkpoint["model"], str(path))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
+        self.best_score = checkpoint["best_score"]
+        if distributed.world_size() == 1:
+            restore_random_states(checkpoint["rng"])
+        log.info("resumed from %s at epoch %d, step %d (best so far %.2f)", path,
+                 self.epoch + 1, self.step, self.best_score)
