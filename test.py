@@ -23,6 +23,7 @@ from utils.errors import UserError, exit_on_user_error
 from utils.evaluation import METRICS, format_table, results_rows
 from utils.logger import setup_logging
 from utils.stages import stage_for
+from utils.visualize import line_plot, rank_sheet
 
 log = logging.getLogger("test")
 
@@ -43,7 +44,7 @@ def checkpoints_to_evaluate(path: Path) -> list:
                     "train first or give a checkpoint file")
 
 
-def evaluate_checkpoint(path: Path, overrides: list, trial=None) -> tuple:
+def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool = True) -> tuple:
     checkpoint = load_checkpoint(path)
     cfg = load_config(None, overrides, base=checkpoint["config"])
     stage = stage_for(checkpoint["stage"])
@@ -53,7 +54,8 @@ def evaluate_checkpoint(path: Path, overrides: list, trial=None) -> tuple:
     trial = checkpoint.get("trial", trial)
     log.info("evaluating %s (%s, epoch %s) on %s", path, stage.title, checkpoint.get("epoch"),
              cfg.data.dataset + (f" trial {trial}" if trial is not None else ""))
-    return stage.evaluate(model, cfg, "test", device, trial), cfg
+    count = cfg.test.visualize if examples else 0
+    return stage.evaluate(model, cfg, "test", device, trial, examples=count), cfg
 
 
 def mean_over_trials(trial_results: list) -> dict:
@@ -63,7 +65,13 @@ def mean_over_trials(trial_results: list) -> dict:
         values = {m: [r["tasks"][task][m] for r in trial_results] for m in METRICS}
         tasks[task] = {m: statistics.fmean(v) for m, v in values.items()}
         spread[task] = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in values.items()}
-    return {"tasks": tasks, "std": spread}
+    averaged = {"tasks": tasks, "std": spread}
+    if "rounds" in trial_results[0]:
+        averaged["rounds"] = [
+            {"round": rounds[0]["round"],
+             **{m: statistics.fmean(r[m] for r in rounds) for m in METRICS}}
+            for rounds in zip(*(result["rounds"] for result in trial_results))]
+    return averaged
 
 
 @exit_on_user_error
@@ -77,11 +85,14 @@ def main(argv=None) -> dict:
     setup_logging(None)
     path = Path(args.checkpoint)
     jobs = checkpoints_to_evaluate(path)
-    runs = [(trial, *evaluate_checkpoint(file, args.overrides, trial)) for trial, file in jobs]
+    runs = [(trial, *evaluate_checkpoint(file, args.overrides, trial, examples=index == 0))
+            for index, (trial, file) in enumerate(jobs)]
+    examples = runs[0][1].pop("examples", [])
     if len(runs) == 1:
         results = runs[0][1]
     else:
-        trials = [{"trial": trial, "tasks": result["tasks"]} for trial, result, _ in runs]
+        trials = [{"trial": trial, **{key: result[key] for key in ("tasks", "rounds")
+                                      if key in result}} for trial, result, _ in runs]
         results = {"dataset": runs[0][2].data.dataset, **mean_over_trials(trials),
                    "trials": trials}
     results["checkpoint"] = str(path)
@@ -94,7 +105,27 @@ def main(argv=None) -> dict:
     with open(output_dir / "results.json", "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     print(f"results written to {output_dir / 'results.json'}")
+    write_pictures(results, examples, output_dir)
     return results
+
+
+def write_pictures(results: dict, examples: list, output_dir: Path) -> None:
+    """Rank pictures of ``test.visualize`` queries, and the metrics per feedback round."""
+    if examples:
+        (output_dir / "vis").mkdir(exist_ok=True)
+        for number, example in enumerate(examples):
+            sheet = rank_sheet(Path(example["query"]), example["text"],
+                               [Path(p) for p in example["ranked"]], example["scores"],
+                               example["correct"], title=f"query {number}: {example['query']}")
+            sheet.save(output_dir / "vis" / f"query_{number:03d}.png")
+        print(f"{len(examples)} rank pictures written to {output_dir / 'vis'}")
+    rounds = results.get("rounds")
+    if rounds:
+        print(format_table({f"round {r['round']}": r for r in rounds}, "feedback rounds"))
+        line_plot({"R1": [r["R1"] for r in rounds], "mAP": [r["mAP"] for r in rounds]},
+                  [r["round"] for r in rounds], "rounds of text feedback",
+                  output_dir / "rounds.png", title=f"{results['dataset']}: interactive queries")
+        print(f"plot written to {output_dir / 'rounds.png'}")
 
 
 if __name__ == "__main__":

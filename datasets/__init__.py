@@ -26,7 +26,7 @@ def train_samples(cfg, trial=None) -> list:
     name, root = check_name(cfg.data.dataset), Path(cfg.data.root)
     if name in STAGE1_DATASETS:
         from datasets import pedes
-        return pedes.train_samples(root, pedes_members(name))
+        return pedes.train_samples(root, pedes_members(name), cfg.data.sketch_pairing)
     if name == "mask1k":
         from datasets import market_sketch
         return market_sketch.train_samples(root)

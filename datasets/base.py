@@ -77,7 +77,8 @@ class PairDataset(Dataset):
 
     def __init__(self, samples: Sequence[TrainSample], photo_transform: Callable,
                  sketch_transform: Callable, context_length: int = 77,
-                 backtrans_p: float = 0.0, with_text: bool = True, with_view: bool = False):
+                 backtrans_p: float = 0.0, with_text: bool = True, with_view: bool = False,
+                 with_caption: bool = False):
         if not samples:
             raise DatasetError("the training split is empty")
         self.samples = list(samples)
@@ -86,6 +87,7 @@ class PairDataset(Dataset):
         self.backtrans_p = backtrans_p
         self.with_text = with_text
         self.with_view = with_view  # a second augmented photo (SimCLR self-supervision)
+        self.with_caption = with_caption
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -111,6 +113,8 @@ class PairDataset(Dataset):
             use_bt = bool(sample.captions_bt) and rng.random() < self.backtrans_p
             caption = rng.choice(sample.captions_bt if use_bt else sample.captions)
             item["tokens"] = tokenize(caption, self.context_length)[0]
+            if self.with_caption:
+                item["caption"] = caption  # MixGen joins captions when collating
         return item
 
 

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from datasets.base import EvalSet, TrainSample, require_path
-from utils.errors import DatasetError
+from utils.errors import ConfigError, DatasetError
 
 FOLDERS = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
 LAYOUT = """  <data.root>/{folder}/
@@ -70,21 +70,34 @@ def check_files_exist(root: Path, name: str, split: str, entries: list) -> None:
                                    f"points at a missing file: {path}")
 
 
-def train_samples(root: Path, names: list) -> list:
+def train_samples(root: Path, names: list, sketch_pairing: str = "own") -> list:
     """One sample per (photo, caption); person ids relabelled to 0..N-1 over all ``names``,
-    kept apart per dataset (the same number in two datasets is two people)."""
+    kept apart per dataset (the same number in two datasets is two people).
+
+    ``sketch_pairing``: "own" pairs each sketch with the photo it was traced from (the
+    paper); "other" with the person's other photos when there are any, so that matching
+    cannot lean on the pixel positions the tracing preserved.
+    """
+    if sketch_pairing not in ("own", "other"):
+        raise ConfigError(f"data.sketch_pairing={sketch_pairing!r} is not one of own, other")
     samples, labels = [], {}
     for name in names:
         entries = read_annotations(root, name, "train")
         check_files_exist(root, name, "train", entries)
+        photos_of = {}
+        for entry in entries:
+            photos_of.setdefault(entry["id"], []).append(
+                photo_and_sketch(root, name, entry["file_path"])[0])
         for entry in entries:
             label = labels.setdefault((name, entry["id"]), len(labels))
             photo, sketch = photo_and_sketch(root, name, entry["file_path"])
+            others = tuple(p for p in photos_of[entry["id"]] if p != photo)
+            photos = others if sketch_pairing == "other" and others else (photo,)
             captions_bt = tuple(entry.get("captions_bt") or ())
             for position, caption in enumerate(entry["captions"]):
                 # A back-translation at the same position paraphrases this caption.
                 bt = (captions_bt[position],) if position < len(captions_bt) else ()
-                samples.append(TrainSample(label, (photo,), sketch, (caption,), bt))
+                samples.append(TrainSample(label, photos, sketch, (caption,), bt))
     return samples
 
 

@@ -50,6 +50,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, help="override the layer count of both towers")
     parser.add_argument("--width", type=int, help="override width and embed dim of both towers")
+    parser.add_argument("--patch", type=int, help="override the patch size")
     args = parser.parse_args(argv)
     arch = PRESETS[args.preset]
     if args.layers:
@@ -57,6 +58,8 @@ def main(argv=None) -> None:
     if args.width:
         arch = dataclasses.replace(arch, vision_width=args.width, text_width=args.width,
                                    embed_dim=args.width)
+    if args.patch:
+        arch = dataclasses.replace(arch, patch_size=args.patch)
     out = Path(args.out)
     if out.exists():
         parser.exit(2, f"error: {out} already exists; choose another --out or remove it\n")

@@ -143,3 +143,49 @@ def test_global_batch_gradients_equal_single_process(tiny_clip_path, tmp_path):
         if parameter.grad is not None:
             assert torch.allclose(distributed_grads[name], parameter.grad, rtol=1e-4,
                                   atol=1e-7), name
+
+
+def test_every_stage1_loss_can_be_switched_on(tiny_clip_path):
+    from model.adapt import AdaptModel
+    from model.clip import load_clip
+    model = AdaptModel(load_clip(tiny_clip_path, image_size=(32, 16)),
+                       _loss_cfg(id=1.0, citc=0.1, ss=0.4), num_classes=6)
+    batch = _batch()
+    batch["photo_view"] = batch["photo"].flip(-1)
+    losses = model(batch, alpha=0.5)
+    assert set(losses) == {"nitc_loss", "nisc_loss", "ritc_loss", "citc_loss", "id_loss",
+                           "ss_loss"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.id_classifier.weight.grad.abs().sum() > 0
+    assert model.ss_head[0].weight.grad.abs().sum() > 0
+    off = AdaptModel(load_clip(tiny_clip_path, image_size=(32, 16)),
+                     _loss_cfg(nitc=0.0, ritc=0.0, citc=0.0), num_classes=6)
+    assert set(off(_batch(), alpha=0.5)) == {"nisc_loss"}
+
+
+def test_separate_soft_target_pass_gives_the_same_losses(tiny_clip_path):
+    """CLIP has no dropout, so the reference's extra no-grad pass computes the same features."""
+    shared = _adapt_model(tiny_clip_path)
+    separate = _adapt_model(tiny_clip_path)
+    separate.separate_soft_target_pass = True
+    batch = _batch()
+    one, two = shared(batch, alpha=0.5), separate(batch, alpha=0.5)
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-6), name
+
+
+def test_mixgen_mixes_photos_and_joins_captions():
+    from datasets.mixgen import MixGenCollate
+    from model.tokenizer import tokenize
+    items = [{"photo": torch.full((3, 2, 2), float(i)), "sketch": torch.zeros(3, 2, 2),
+              "label": torch.tensor(i), "tokens": tokenize(f"caption {i}")[0],
+              "caption": f"caption {i}"} for i in range(10)]
+    batch = MixGenCollate(share=0.2, ratio=0.25, context_length=77)(items)
+    assert torch.allclose(batch["photo"][0], torch.full((3, 2, 2), 0.75 * 0 + 0.25 * 2))
+    assert torch.allclose(batch["photo"][1], torch.full((3, 2, 2), 0.75 * 1 + 0.25 * 3))
+    assert torch.equal(batch["photo"][2], torch.full((3, 2, 2), 2.0))
+    assert torch.equal(batch["tokens"][0], tokenize("caption 0 caption 2")[0])
+    assert torch.equal(batch["tokens"][5], tokenize("caption 5")[0])
+    assert "caption" not in batch

@@ -11,6 +11,7 @@ from easydict import EasyDict
 
 import datasets as data_registry
 from datasets.base import PairDataset
+from datasets.mixgen import MixGenCollate
 from datasets.transforms import build_transform
 from model.adapt import AdaptModel
 from model.build import clip_from_pretrained, clip_from_project_state
@@ -44,12 +45,13 @@ class Stage:
             self._eval_sets[key] = data_registry.eval_sets(cfg, split, trial)
         return self._eval_sets[key]
 
-    def pair_dataset(self, cfg, trial, with_text: bool, with_view: bool = False) -> PairDataset:
+    def pair_dataset(self, cfg, trial, with_text: bool, with_view: bool = False,
+                     with_caption: bool = False) -> PairDataset:
         self.check_dataset(cfg)
-        augment = cfg.data.augment
-        transform = build_transform(cfg.model.image_size, augment, cfg.data.num_augments)
+        transform = build_transform(cfg.model.image_size, cfg.data.augment, cfg.data.num_augments)
         return PairDataset(data_registry.train_samples(cfg, trial), transform, transform,
-                           cfg.model.context_length, cfg.data.backtrans_p, with_text, with_view)
+                           cfg.model.context_length, cfg.data.backtrans_p, with_text, with_view,
+                           with_caption)
 
     def collate(self, cfg):
         return None  # the default collation
@@ -106,7 +108,14 @@ class AdaptStage(Stage):
     datasets = data_registry.STAGE1_DATASETS
 
     def train_dataset(self, cfg, trial=None) -> PairDataset:
-        return self.pair_dataset(cfg, trial, with_text=True, with_view=cfg.loss.ss > 0)
+        return self.pair_dataset(cfg, trial, with_text=True, with_view=cfg.loss.ss > 0,
+                                 with_caption=cfg.loss.mixgen)
+
+    def collate(self, cfg):
+        if cfg.loss.mixgen:
+            return MixGenCollate(cfg.loss.mixgen_p, cfg.loss.mixgen_ratio,
+                                 cfg.model.context_length)
+        return None
 
     def build_model(self, cfg, train_set) -> AdaptModel:
         return AdaptModel(clip_from_pretrained(cfg), cfg.loss, train_set.num_classes())
@@ -127,9 +136,9 @@ class AdaptStage(Stage):
         ramp = min(1.0, step_in_epoch / steps_per_epoch) if epoch == 0 else 1.0
         return {"alpha": cfg.loss.softlabel_ratio * ramp}
 
-    def evaluate(self, model, cfg, split: str, device, trial=None) -> dict:
+    def evaluate(self, model, cfg, split: str, device, trial=None, examples: int = 0) -> dict:
         """text->image and sketch->image on every test set of the dataset."""
-        blocks = {}
+        blocks, shown = {}, []
         for eval_set in self.eval_sets(cfg, split, trial):
             gallery = encode_images(model.encode_image, eval_set.gallery_paths, cfg.model.image_size, device,
                                     cfg.test.batch_size, cfg.data.num_workers,
@@ -146,9 +155,14 @@ class AdaptStage(Stage):
                                              eval_set.gallery_ids, eval_set.sketch_cams,
                                              eval_set.gallery_cams),
             }}
-        if len(blocks) == 1:
-            return {"dataset": cfg.data.dataset, **next(iter(blocks.values()))}
-        return {"dataset": cfg.data.dataset, "datasets": blocks}
+            if examples:
+                shown += ranked_examples(sketches, gallery, eval_set,
+                                         [""] * len(eval_set.sketch_paths), examples)
+        results = ({"dataset": cfg.data.dataset, **next(iter(blocks.values()))}
+                   if len(blocks) == 1 else {"dataset": cfg.data.dataset, "datasets": blocks})
+        if examples:
+            results["examples"] = shown[:examples]
+        return results
 
 
 class TokenStage(Stage):
@@ -196,25 +210,81 @@ class TokenStage(Stage):
                         sketch_feats[start:start + cfg.test.batch_size], tokens).float())
         return torch.cat(feats)
 
-    def evaluate(self, model, cfg, split: str, device, trial=None) -> dict:
-        """interactive (sketch + feedback), sketch_only (sketch image) and text_only."""
+    def evaluate(self, model, cfg, split: str, device, trial=None, examples: int = 0) -> dict:
+        """interactive (sketch + feedback), sketch_only (sketch image) and text_only; with
+        ``test.rounds``, the interactive metrics per round of feedback; with
+        ``test.multi_query``, all sketches of a person as one query (``*_mq``)."""
         (eval_set,) = self.eval_sets(cfg, split, trial)
         encode = partial(encode_images, image_size=cfg.model.image_size, device=device,
                          batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                          amp=cfg.train.amp)
         gallery = encode(model.encode_image, eval_set.gallery_paths, desc="gallery photos")
         sketch_raw = encode(model.clip.encode_image, eval_set.sketch_paths, desc="query sketches")
-        feedback_texts = [", ".join(phrases) for phrases in eval_set.feedback]
+        sketches = F.normalize(sketch_raw, dim=-1)
         composed = self.composed_features(model, sketch_raw, eval_set.feedback, cfg, device)
-        texts = encode_texts(model, feedback_texts, cfg.model.context_length, device,
-                             cfg.test.batch_size, cfg.train.amp)
+        texts = encode_texts(model, [", ".join(phrases) for phrases in eval_set.feedback],
+                             cfg.model.context_length, device, cfg.test.batch_size, cfg.train.amp)
         rank = partial(retrieval, gallery_feats=gallery, query_ids=eval_set.sketch_ids,
                        gallery_ids=eval_set.gallery_ids, query_cams=eval_set.sketch_cams,
                        gallery_cams=eval_set.gallery_cams)
-        tasks = {"interactive": rank(composed),
-                 "sketch_only": rank(F.normalize(sketch_raw, dim=-1)),
-                 "text_only": rank(texts)}
-        return {"dataset": cfg.data.dataset, "tasks": tasks}
+        results = {"dataset": cfg.data.dataset, "tasks": {
+            "interactive": rank(composed), "sketch_only": rank(sketches), "text_only": rank(texts)}}
+        if cfg.test.multi_query:
+            person_ids, grouped = group_by_person(eval_set.sketch_ids, [composed, sketches])
+            rank_mq = partial(retrieval, gallery_feats=gallery, query_ids=person_ids,
+                              gallery_ids=eval_set.gallery_ids)
+            results["tasks"]["interactive_mq"] = rank_mq(grouped[0])
+            results["tasks"]["sketch_only_mq"] = rank_mq(grouped[1])
+        if cfg.test.rounds > 0:
+            results["rounds"] = []
+            for round_number in range(cfg.test.rounds + 1):
+                feedback = [phrases[:round_number] for phrases in eval_set.feedback]
+                feats = self.composed_features(model, sketch_raw, feedback, cfg, device)
+                results["rounds"].append({"round": round_number, **rank(feats)})
+        if examples:
+            texts_of = [compose_query(cfg.model.prompt, phrases, cfg.model.sketch_prompt)
+                        for phrases in eval_set.feedback]
+            results["examples"] = ranked_examples(composed, gallery, eval_set, texts_of, examples)
+        return results
+
+
+def group_by_person(ids: list, feature_sets: list) -> tuple:
+    """Average the normalised features of each person's queries (one multi-query per
+    person). ids [Q]; each feature set [Q, E] -> ([P] ids, list of [P, E])."""
+    people = sorted(set(ids))
+    index = torch.as_tensor([people.index(pid) for pid in ids])
+    grouped = []
+    for feats in feature_sets:
+        sums = torch.zeros(len(people), feats.shape[1], device=feats.device)
+        sums.index_add_(0, index.to(feats.device), feats)
+        grouped.append(F.normalize(sums, dim=-1))
+    return people, grouped
+
+
+def ranked_examples(query_feats, gallery_feats, eval_set, query_texts: list, count: int,
+                    topk: int = 10) -> list:
+    """The top-``topk`` gallery photos of ``count`` queries spread over the query list."""
+    step = max(1, len(eval_set.sketch_paths) // count)
+    chosen = list(range(0, len(eval_set.sketch_paths), step))[:count]
+    similarity = query_feats[chosen] @ gallery_feats.t()
+    if eval_set.sketch_cams is not None and eval_set.gallery_cams is not None:
+        # Leave out what the protocol leaves out (same person and camera).
+        same_id = torch.as_tensor(eval_set.gallery_ids)[None] == torch.as_tensor(
+            [eval_set.sketch_ids[q] for q in chosen])[:, None]
+        same_cam = torch.as_tensor(eval_set.gallery_cams)[None] == torch.as_tensor(
+            [eval_set.sketch_cams[q] for q in chosen])[:, None]
+        similarity = similarity.masked_fill((same_id & same_cam).to(similarity.device),
+                                            float("-inf"))
+    scores, order = similarity.topk(min(topk, gallery_feats.shape[0]), dim=1)
+    examples = []
+    for row, query in enumerate(chosen):
+        ranked = order[row].tolist()
+        examples.append({
+            "query": str(eval_set.sketch_paths[query]), "text": query_texts[query],
+            "ranked": [str(eval_set.gallery_paths[g]) for g in ranked],
+            "scores": scores[row].tolist(),
+            "correct": [eval_set.gallery_ids[g] == eval_set.sketch_ids[query] for g in ranked]})
+    return examples
 
 
 STAGES = {"adapt": AdaptStage, "token": TokenStage}
