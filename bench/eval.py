@@ -10,6 +10,18 @@ matmul) and ``utils.metrics.rank_metrics`` are each timed as the median of
 ``--repeats`` runs after one warm-up run.  With ``--reference`` the pure-Python
 ``eval_market1501`` of fast-reid is timed once on the same problem and the
 results are checked to agree.  Prints one JSON line.
+
+With ``--encoders`` the line also holds the throughput of the two CLIP towers at
+batch ``--encoder-batch`` (64): ``encode_image_per_s`` (images/s at ``--image-size``)
+and ``encode_text_per_s`` (texts/s, captions tokenised beforehand), each the median
+of ``--encoder-repeats`` timed calls after one warm-up, without gradients and under
+the evaluation's autocast (bf16 on CUDA).  The CLIP is ``--clip FILE`` (e.g. one
+made by ``python -m model.random_clip --preset vit-b-16``), or a random ViT-B/16
+built in memory when no file is given::
+
+    python -m bench.eval --queries 2000 --gallery 10000 --encoders
+    python -m bench.eval --queries 2000 --gallery 10000 --encoders \
+        --clip /tmp/vitb16-random.pt --image-size 384 128
 """
 
 from __future__ import annotations
@@ -80,6 +92,43 @@ def _max_diff(a, b) -> float:
     return max(abs(a[k] - b[k]) for k in KEYS)
 
 
+def _encoder_throughput(args, device: torch.device) -> dict:
+    """Images/s and texts/s of the CLIP towers at batch ``args.encoder_batch``."""
+    from bench.common import CAPTIONS
+    from model.clip import build_clip, load_clip
+    from model.random_clip import PRESETS, random_clip_state_dict
+    from model.tokenizer import tokenize
+    from utils.evaluation import autocast
+
+    image_size = tuple(args.image_size)
+    if args.clip:
+        clip = load_clip(args.clip, image_size)
+        source = args.clip
+    else:
+        clip = build_clip(random_clip_state_dict(PRESETS["vit-b-16"], seed=args.seed), image_size)
+        source = "random vit-b-16"
+    clip = clip.to(device).eval()
+    batch = args.encoder_batch
+    gen = torch.Generator().manual_seed(args.seed)
+    images = torch.randn(batch, 3, *image_size, generator=gen).to(device)
+    tokens = tokenize([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)],
+                      clip.context_length).to(device)
+
+    def run(encode, inputs):
+        with torch.no_grad(), autocast(device):
+            return encode(inputs)
+
+    image_ms, _ = _median_ms(lambda: run(clip.encode_image, images), device,
+                             args.encoder_repeats)
+    text_ms, _ = _median_ms(lambda: run(clip.encode_text, tokens), device,
+                            args.encoder_repeats)
+    return {"encoder_clip": source, "encoder_image_size": list(image_size),
+            "encoder_batch": batch,
+            "encode_image_ms": round(image_ms, 2), "encode_text_ms": round(text_ms, 2),
+            "encode_image_per_s": round(batch / (image_ms / 1000.0), 2),
+            "encode_text_per_s": round(batch / (text_ms / 1000.0), 2)}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +142,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--cams", type=int, default=6, help="cameras")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoders", action="store_true",
+                        help="also time CLIP's encode_image and encode_text")
+    parser.add_argument("--clip", help="CLIP file for --encoders (default: a random "
+                        "ViT-B/16 built in memory)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[224, 224],
+                        metavar=("H", "W"), help="input size for --encoders")
+    parser.add_argument("--encoder-batch", type=int, default=64)
+    parser.add_argument("--encoder-repeats", type=int, default=3)
+    parser.add_argument("--jsonl", help="also append the JSON line to this file")
     args = parser.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -155,7 +213,13 @@ def main(argv=None) -> dict:
         out["max_abs_diff"] = diff
         out["agree"] = diff < 1e-9
 
+    if args.encoders:
+        out.update(_encoder_throughput(args, device))
+
     print(json.dumps(out))
+    if args.jsonl:
+        with open(args.jsonl, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(out) + "\n")
     if args.reference and not out["agree"]:
         sys.exit(1)
     return out

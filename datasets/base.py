@@ -167,3 +167,49 @@ def _split_at_joins(words: list, min_words: int) -> list:
         if joiner == "and" and (following in _CLAUSE_OPENERS or following.endswith(("s", "ing"))):
             return [" ".join(words[:position])] + _split_at_joins(after, min_words)
     return [" ".join(words)]
+
+
+def unreadable_images(paths) -> set:
+    """The paths among ``paths`` that cannot be decoded (each read once, in threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def broken(path):
+        try:
+            read_image(path)
+            return None
+        except DatasetError:
+            return path
+
+    unique = sorted(set(paths))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return {path for path in pool.map(broken, unique) if path is not None}
+
+
+def drop_samples_with_bad_images(samples: list) -> tuple:
+    """(usable samples, unreadable paths): samples lose unreadable photos; a sample whose
+    sketch or every photo is unreadable is dropped."""
+    bad = unreadable_images([p for s in samples for p in s.photos] + [s.sketch for s in samples])
+    kept = []
+    for sample in samples:
+        photos = tuple(p for p in sample.photos if p not in bad)
+        if photos and sample.sketch not in bad:
+            kept.append(dataclasses.replace(sample, photos=photos))
+    return kept, bad
+
+
+def drop_bad_images_from_eval_set(eval_set: EvalSet) -> tuple:
+    """(EvalSet without unreadable gallery photos or query sketches, unreadable paths)."""
+    bad = unreadable_images(list(eval_set.gallery_paths) + list(eval_set.sketch_paths))
+    if not bad:
+        return eval_set, bad
+    keep_g = [i for i, p in enumerate(eval_set.gallery_paths) if p not in bad]
+    keep_q = [i for i, p in enumerate(eval_set.sketch_paths) if p not in bad]
+    pick = (lambda values, rows: None if values is None else [values[i] for i in rows])
+    return dataclasses.replace(
+        eval_set, gallery_paths=pick(eval_set.gallery_paths, keep_g),
+        gallery_ids=pick(eval_set.gallery_ids, keep_g),
+        gallery_cams=pick(eval_set.gallery_cams, keep_g),
+        sketch_paths=pick(eval_set.sketch_paths, keep_q),
+        sketch_ids=pick(eval_set.sketch_ids, keep_q),
+        sketch_cams=pick(eval_set.sketch_cams, keep_q),
+        feedback=pick(eval_set.feedback, keep_q) if eval_set.feedback else []), bad

@@ -38,3 +38,31 @@ def tiny_overrides(clip_path, data_root, output_dir, **extra):
               "train.log_every": 1000, "test.batch_size": 64}
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
+
+
+def run_token(tiny_clip_path, synthetic_root, out, stage1_run, config="Market_finetune", **extra):
+    """Stage 2 for one epoch with the tiny CLIP, from ``stage1_run``'s best checkpoint."""
+    import train_token
+    values = {"model.init_from": str(stage1_run / "checkpoint_best.pth"), "model.middle_dim": 32,
+              "train.warmup_epochs": 0.5, **extra}
+    return train_token.main(["--config", f"config/{config}.yaml",
+                             *tiny_overrides(tiny_clip_path, synthetic_root, out, **values)])
+
+
+@pytest.fixture(scope="session")
+def stage1_run(tiny_clip_path, synthetic_root, tmp_path_factory):
+    """A one-epoch stage-1 run folder (RSTPReid, tiny CLIP)."""
+    import train_adapt
+    out = tmp_path_factory.mktemp("stage1")
+    train_adapt.main(["--config", "config/TriPEDES_pretrain.yaml",
+                      *tiny_overrides(tiny_clip_path, synthetic_root, out,
+                                      **{"data.dataset": "rstpreid"})])
+    return out
+
+
+@pytest.fixture(scope="session")
+def market_run(tiny_clip_path, synthetic_root, stage1_run, tmp_path_factory):
+    """A one-epoch stage-2 run folder (Market-Sketch-1K) from ``stage1_run``."""
+    out = tmp_path_factory.mktemp("market")
+    run_token(tiny_clip_path, synthetic_root, out, stage1_run)
+    return out

@@ -11,33 +11,8 @@ import pytest
 import torch
 
 import test as test_entry
-import train_adapt
-import train_token
-from tests.conftest import tiny_overrides
+from tests.conftest import run_token, tiny_overrides
 from utils.config import REPO_ROOT
-
-
-@pytest.fixture(scope="module")
-def stage1_run(tiny_clip_path, synthetic_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("stage1")
-    train_adapt.main(["--config", "config/TriPEDES_pretrain.yaml",
-                      *tiny_overrides(tiny_clip_path, synthetic_root, out,
-                                      **{"data.dataset": "rstpreid"})])
-    return out
-
-
-def run_token(tiny_clip_path, synthetic_root, out, stage1_run, config="Market_finetune", **extra):
-    values = {"model.init_from": str(stage1_run / "checkpoint_best.pth"), "model.middle_dim": 32,
-              "train.warmup_epochs": 0.5, **extra}
-    return train_token.main(["--config", f"config/{config}.yaml",
-                             *tiny_overrides(tiny_clip_path, synthetic_root, out, **values)])
-
-
-@pytest.fixture(scope="module")
-def market_run(tiny_clip_path, synthetic_root, stage1_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("market")
-    run_token(tiny_clip_path, synthetic_root, out, stage1_run)
-    return out
 
 
 def test_market_run_and_test_tasks(market_run, stage1_run, tmp_path):

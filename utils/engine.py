@@ -104,21 +104,18 @@ class Trainer:
     def __init__(self, cfg, stage, trial: int | None = None):
         self.cfg, self.stage, self.trial = cfg, stage, trial
         self.device = distributed.init_distributed(cfg.device)
-        self.output_dir = prepare_output_dir(cfg)
         self.main = distributed.is_main()
-        if self.main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
-        setup_logging(self.output_dir, self.main)
+        self.output_dir = prepare_output_dir(cfg)
+        setup_logging(None, self.main)
         seed_everything(cfg.seed + distributed.rank())
 
+        # Everything that can fail on bad input happens before the run folder is touched.
         self.train_set = stage.train_dataset(cfg, trial)
+        stage.check_selection(cfg)
+        self.select_on = stage.selection_split(cfg, trial)
+        for split in {"test", self.select_on}:
+            stage.eval_sets(cfg, split, trial)
         self.model = stage.build_model(cfg, self.train_set).to(self.device)
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
-        log.info("%s: %d training samples, %s parameters trainable, %s frozen, device %s, "
-                 "%d process(es)", stage.title, len(self.train_set), f"{trainable:,}",
-                 f"{frozen:,}", self.device, distributed.world_size())
         self.optimizer = build_optimizer(self.model, cfg, stage.lr_scales(cfg))
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -134,8 +131,18 @@ class Trainer:
         self.epoch, self.step, self.best_score = 0, 0, -math.inf
         if cfg.train.resume:
             self._resume()
-        elif self.main:
-            save_config(cfg, self.output_dir / "config.yaml")
+
+        if self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if not cfg.train.resume:
+                save_config(cfg, self.output_dir / "config.yaml")
+        distributed.barrier()
+        setup_logging(self.output_dir, self.main)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        log.info("%s: %d training samples, %s parameters trainable, %s frozen, device %s, "
+                 "%d process(es)", stage.title, len(self.train_set), f"{trainable:,}",
+                 f"{frozen:,}", self.device, distributed.world_size())
         self.train_model = self.model
         if distributed.world_size() > 1:
             self.train_model = DistributedDataParallel(
@@ -231,7 +238,7 @@ class Trainer:
         if self.main:
             model = self.model.eval()
             started = time.time()
-            select_on = stage.selection_split(cfg, self.trial)
+            select_on = self.select_on
             record["test"] = stage.evaluate(model, cfg, "test", self.device, self.trial)
             log.info("\n%s", format_table(results_rows(record["test"]),
                                           f"epoch {self.epoch} test"))

@@ -29,6 +29,16 @@ def debug_requested(argv=None) -> bool:
     return "--debug" in argv or os.environ.get("DEBUG", "") not in ("", "0")
 
 
+def one_line(error: Exception) -> str:
+    """The message of ``error``; for an error re-raised from a DataLoader worker (whose
+    message carries the worker's traceback) the original message alone."""
+    message = str(error)
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return message
+
+
 def exit_on_user_error(main):
     """Run ``main(argv)``; a ``UserError`` becomes ``error: <message>`` and exit status 2."""
 
@@ -40,7 +50,7 @@ def exit_on_user_error(main):
             if debug_requested(argv):
                 raise
             logging.getLogger(__name__).debug("user error", exc_info=True)
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

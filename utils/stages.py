@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from easydict import EasyDict
 
 import datasets as data_registry
-from datasets.base import PairDataset
+from datasets.base import (PairDataset, drop_bad_images_from_eval_set,
+                           drop_samples_with_bad_images)
 from datasets.mixgen import MixGenCollate
 from datasets.transforms import build_transform
 from model.adapt import AdaptModel
@@ -31,6 +32,7 @@ class Stage:
     name = ""
     title = ""
     default_task = ""
+    tasks = ()
     datasets = ()
 
     def __init__(self):
@@ -42,14 +44,36 @@ class Stage:
     def eval_sets(self, cfg, split: str, trial=None) -> list:
         key = (cfg.data.root, cfg.data.dataset, split, trial)
         if key not in self._eval_sets:
-            self._eval_sets[key] = data_registry.eval_sets(cfg, split, trial)
+            sets = data_registry.eval_sets(cfg, split, trial)
+            if cfg.data.skip_bad_images:
+                sets = [self._without_bad_images(eval_set) for eval_set in sets]
+            self._eval_sets[key] = sets
         return self._eval_sets[key]
+
+    @staticmethod
+    def _without_bad_images(eval_set):
+        eval_set, bad = drop_bad_images_from_eval_set(eval_set)
+        if bad:
+            log.warning("%s: skipped %d unreadable image(s) (data.skip_bad_images=true): %s",
+                        eval_set.name, len(bad), ", ".join(map(str, sorted(bad)[:5])))
+        return eval_set
+
+    @staticmethod
+    def _training_samples(cfg, trial) -> list:
+        samples = data_registry.train_samples(cfg, trial)
+        if cfg.data.skip_bad_images:
+            samples, bad = drop_samples_with_bad_images(samples)
+            if bad:
+                log.warning("training set: skipped %d unreadable image(s) "
+                            "(data.skip_bad_images=true): %s", len(bad),
+                            ", ".join(map(str, sorted(bad)[:5])))
+        return samples
 
     def pair_dataset(self, cfg, trial, with_text: bool, with_view: bool = False,
                      with_caption: bool = False) -> PairDataset:
         self.check_dataset(cfg)
         transform = build_transform(cfg.model.image_size, cfg.data.augment, cfg.data.num_augments)
-        return PairDataset(data_registry.train_samples(cfg, trial), transform, transform,
+        return PairDataset(self._training_samples(cfg, trial), transform, transform,
                            cfg.model.context_length, cfg.data.backtrans_p, with_text, with_view,
                            with_caption)
 
@@ -71,6 +95,21 @@ class Stage:
         if choice == "val" and not data_registry.has_split(cfg, "val"):
             raise ConfigError(f"train.select_on=val but {cfg.data.dataset} has no val split")
         return choice
+
+    def check_selection(self, cfg) -> None:
+        """Reject a selection metric, task or dataset that no evaluation will produce."""
+        if cfg.train.select_metric not in METRICS:
+            raise ConfigError(f"train.select_metric={cfg.train.select_metric!r} is not one of "
+                              f"{', '.join(METRICS)}")
+        task = cfg.train.select_task
+        if task != "auto" and task not in self.tasks:
+            raise ConfigError(f"train.select_task={task!r} is not one of auto, "
+                              f"{', '.join(self.tasks)}")
+        members = data_registry.pedes_members(cfg.data.dataset)
+        dataset = cfg.train.select_dataset
+        if dataset != "auto" and cfg.data.dataset == "tri-pedes" and dataset not in members:
+            raise ConfigError(f"train.select_dataset={dataset!r} is not one of auto, "
+                              f"{', '.join(members)}")
 
     def selection_name(self, cfg) -> str:
         task = self.default_task if cfg.train.select_task == "auto" else cfg.train.select_task
@@ -105,6 +144,7 @@ class AdaptStage(Stage):
     name = "adapt"
     title = "stage 1 (task-oriented knowledge adaptation)"
     default_task = "sketch_to_image"
+    tasks = ("text_to_image", "sketch_to_image")
     datasets = data_registry.STAGE1_DATASETS
 
     def train_dataset(self, cfg, trial=None) -> PairDataset:
@@ -171,6 +211,7 @@ class TokenStage(Stage):
     name = "token"
     title = "stage 2 (pseudo-word token learning)"
     default_task = "interactive"
+    tasks = ("interactive", "sketch_only", "text_only", "interactive_mq", "sketch_only_mq")
     datasets = data_registry.DATASET_NAMES
 
     def train_dataset(self, cfg, trial=None) -> PairDataset:

@@ -1,0 +1,179 @@
+"""Helpers shared by the benchmarks: timing, memory, JSON output, FLOP counts, and the
+reference-style attention used for comparisons.
+
+FLOP model (``transformer_forward_flops``): a multiply-add is 2 FLOPs and only matrix
+products are counted (norms, activations, softmax and the optimizer are left out). One
+pre-norm block of width D over a sequence of L tokens, per sequence:
+
+    q/k/v + output projections   2 * L * 4 D^2
+    MLP (D -> 4D -> D)           2 * L * 8 D^2
+    Q K^T and A V                2 * 2 * L^2 D    (full L x L, causal masks included)
+    -------------------------------------------
+    per block                    24 L D^2 + 4 L^2 D
+
+The image tower adds the patch embedding (2 * P * 3 p^2 D for P patches of side p) and
+the output projection (2 D E); the text tower adds its projection (2 D E). Training
+costs forward + backward, where the backward is one forward's worth for the gradient
+of the inputs plus one more for the gradient of the weights: 3x the forward for a
+trained tower, 2x for a frozen tower that gradients still flow through (stage 2's text
+tower, which passes gradients to the pseudo-word), 1x for work done without gradients.
+``train_step_flops`` counts the useful work of a step only: the extra no-grad pass of
+``loss.separate_soft_target_pass`` and recomputation by ``model.grad_checkpointing`` are
+overhead, so a configuration that does them shows a lower MFU, not more FLOPs.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Dense bf16 tensor-core peak (FLOP/s) by GPU name; MFU is reported against this.
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),
+    ("H100 80GB HBM3", 989e12),  # SXM
+    ("H100 SXM", 989e12),
+    ("A100", 312e12),
+)
+
+CAPTIONS = (
+    "A woman with long black hair wears a red coat, blue jeans and white shoes.",
+    "The man is wearing a grey hoodie, black trousers and carries a brown backpack.",
+    "A young girl in a yellow dress with a white hat and black sandals.",
+    "He has short hair and wears a white shirt, dark shorts and a black bag on his shoulder.",
+)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(fn, device: torch.device) -> float:
+    """Milliseconds one call of ``fn`` takes, with the device drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def summarize_ms(times: list) -> dict:
+    return {"median": statistics.median(times), "min": min(times)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch on CUDA; the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU, or None for the CPU or a GPU not in the table."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+def emit(record: dict, jsonl: str | None = None) -> dict:
+    """Print ``record`` as one JSON line (and append it to ``jsonl`` when given)."""
+    line = json.dumps(record)
+    print(line, flush=True)
+    if jsonl:
+        path = Path(jsonl)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    return record
+
+
+def finite_round(value: float, digits: int = 3):
+    return round(value, digits) if value is not None and math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------------ FLOPs
+def transformer_forward_flops(width: int, layers: int, length: int, sequences: int) -> float:
+    """Forward matmul FLOPs of ``layers`` blocks over ``sequences`` sequences of ``length``."""
+    per_block = 24 * length * width ** 2 + 4 * length ** 2 * width
+    return float(sequences * layers * per_block)
+
+
+def image_tower_flops(arch, image_size, images: int) -> float:
+    """Forward FLOPs of the ViT on ``images`` images of ``image_size`` [H, W]."""
+    patches = (image_size[0] // arch.patch_size) * (image_size[1] // arch.patch_size)
+    width = arch.vision_width
+    embed = 2 * patches * 3 * arch.patch_size ** 2 * width
+    project = 2 * width * arch.embed_dim
+    return images * (embed + project) + transformer_forward_flops(
+        width, arch.vision_layers, patches + 1, images)
+
+
+def text_tower_flops(arch, context_length: int, texts: int) -> float:
+    """Forward FLOPs of the text transformer on ``texts`` texts of ``context_length`` tokens."""
+    project = 2 * arch.text_width * arch.embed_dim
+    return texts * project + transformer_forward_flops(arch.text_width, arch.text_layers,
+                                                       context_length, texts)
+
+
+def train_step_flops(stage: str, cfg, arch, batch_size: int) -> float:
+    """Useful FLOPs of one training step (forward + backward) of ``stage``; see the module
+    docstring for the model."""
+    image_size, length = cfg.model.image_size, cfg.model.context_length
+    if stage == "adapt":
+        images = 2 * batch_size + (batch_size if cfg.loss.ss > 0 else 0)  # photo, sketch (+view)
+        return 3 * (image_tower_flops(arch, image_size, images)
+                    + text_tower_flops(arch, length, batch_size))
+    # Stage 2: sketches and photos through the trained image tower, the mapping network,
+    # and the composed prompt through the frozen text tower.
+    widths = ([arch.embed_dim] + [cfg.model.middle_dim] * cfg.model.n_layer
+              if cfg.model.mapping_type == "MLP" else [arch.embed_dim])
+    widths.append(arch.text_width)
+    mapping = sum(2 * a * b for a, b in zip(widths, widths[1:])) * batch_size
+    return (3 * (image_tower_flops(arch, image_size, 2 * batch_size) + mapping)
+            + 2 * text_tower_flops(arch, length, batch_size))
+
+
+# ------------------------------------------------------------- reference-style attention
+def explicit_attention_forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``SelfAttention.forward`` computed the way ``nn.MultiheadAttention(need_weights=True)``
+    does it: softmax(Q K^T / sqrt(d) + mask) materialised as a [B, H, L, L] tensor, then
+    A V, and the head-averaged weights computed (and, as by the callers, thrown away)."""
+    batch, length, width = x.shape
+    head_dim = width // self.heads
+    qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+    qkv = qkv.view(batch, length, 3, self.heads, head_dim)
+    query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, d]
+    scores = (query * head_dim ** -0.5) @ key.transpose(-2, -1)  # [B, H, L, L]
+    if causal:
+        mask = torch.full((length, length), float("-inf"), device=x.device,
+                          dtype=scores.dtype).triu_(1)
+        scores = scores + mask
+    weights = scores.softmax(dim=-1)
+    out = weights @ value  # [B, H, L, d]
+    weights.mean(dim=1)  # the [B, L, L] average need_weights=True returns
+    out = out.transpose(1, 2).reshape(batch, length, width)
+    return self.out_proj(out)
+
+
+@contextlib.contextmanager
+def reference_attention(enabled: bool = True):
+    """Within the block, every ``model.clip.SelfAttention`` runs ``explicit_attention_forward``;
+    the original forward is put back on exit (also on errors)."""
+    from model.clip import SelfAttention
+    if not enabled:
+        yield
+        return
+    original = SelfAttention.__dict__["forward"]
+    SelfAttention.forward = explicit_attention_forward
+    try:
+        yield
+    finally:
+        SelfAttention.forward = original

@@ -1,0 +1,211 @@
+"""Benchmark one training step of stage 1 (adapt) or stage 2 (token).
+
+The model, optimizer, loss inputs and precision are those of training: the model comes
+from the stage's ``build_model``, the optimizer from ``utils.engine.build_optimizer`` with
+the stage's learning-rate groups, the loss inputs from ``stage.loss_inputs`` (epoch 1, so
+stage 1's soft-target share is at its full ``loss.softlabel_ratio``), and the step runs
+under ``utils.evaluation.autocast`` (bf16 on CUDA where supported, fp16 with a grad scaler
+otherwise, fp32 on the CPU or with ``train.amp=false``) with the trainer's zero-grad,
+backward, optional clipping and optimizer step. The data is a fixed batch kept in memory:
+random normal images at ``model.image_size`` (the scale of normalised images) and a few
+captions tokenised once before timing, so that only the model's work is measured; the
+data pipeline has its own benchmark (``bench.loader``). MixGen mixes in the collate
+function and so is left out here.
+
+``--warmup`` steps run first; then ``--steps`` steps are timed one by one (the device is
+synchronised around each) and the median and minimum are reported. One JSON line:
+step_ms, step_ms_min, samples_per_s, peak_mem_mb (peak RSS of the process on the CPU,
+peak allocated GPU memory on CUDA), params_trainable, tflop_per_step (the analytic
+count of ``bench.common``: about 3x the forward matmul FLOPs of both towers), and on
+CUDA achieved_tflops and mfu (against the dense bf16 peak of H100 SXM / H200 / A100; null
+for other GPUs).
+
+``--reference-attention`` swaps, for this run only, the fused attention of
+``model.clip.SelfAttention`` for an explicit softmax(Q K^T / sqrt(d)) with the weights
+materialised, as ``nn.MultiheadAttention(need_weights=True)`` computes it.
+``loss.separate_soft_target_pass=true`` adds the extra no-grad forward pass for the soft
+targets. Both together are the reference implementation's way of doing a stage-1 step.
+
+Stage 2 starts from ``model.init_from`` (a stage-1 checkpoint); ``model.init_from=null``
+starts from ``model.pretrained`` instead. Without OpenAI's weights, make a random CLIP of
+the same shapes first (timings do not depend on the weights' values).
+
+(a) Stage 1 at ViT-B/16, 224x224, batch 4, fp32 on the CPU::
+
+    python -m model.random_clip --out /tmp/vitb16-random.pt --preset vit-b-16
+    python -m bench.train_step --stage adapt --steps 3 --batch-size 4 device=cpu \\
+        model.pretrained=/tmp/vitb16-random.pt model.image_size=[224,224]
+
+(b) The same step done the reference implementation's way::
+
+    python -m bench.train_step --stage adapt --steps 3 --batch-size 4 device=cpu \\
+        model.pretrained=/tmp/vitb16-random.pt model.image_size=[224,224] \\
+        loss.separate_soft_target_pass=true --reference-attention
+
+Stage 2 likewise::
+
+    python -m bench.train_step --stage token --steps 3 --batch-size 4 device=cpu \\
+        model.pretrained=/tmp/vitb16-random.pt model.init_from=null
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.common import (CAPTIONS, emit, finite_round, peak_flops, peak_memory_mb,
+                          reference_attention, summarize_ms, timed_ms, train_step_flops)
+from model.tokenizer import tokenize
+from utils.config import flatten, load_config, parse_overrides
+from utils.distributed import resolve_device
+from utils.engine import build_optimizer, seed_everything
+from utils.evaluation import autocast
+from utils.stages import STAGES
+
+DEFAULT_CONFIGS = {"adapt": "config/TriPEDES_pretrain.yaml", "token": "config/Market_finetune.yaml"}
+
+
+class StandInDataset:
+    """What ``AdaptStage.build_model`` asks of the training set: its number of identities."""
+
+    def __init__(self, classes: int):
+        self.classes = classes
+
+    def num_classes(self) -> int:
+        return self.classes
+
+
+def make_batch(stage: str, cfg, batch_size: int, num_classes: int,
+               device: torch.device) -> dict:
+    """A fixed in-memory batch with the keys the stage's dataset yields."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    height, width = cfg.model.image_size
+
+    def images():
+        return torch.randn(batch_size, 3, height, width, generator=generator)
+
+    batch = {"photo": images(), "sketch": images(),
+             "label": torch.randint(0, num_classes, (batch_size,), generator=generator)}
+    if stage == "adapt":
+        captions = [CAPTIONS[index % len(CAPTIONS)] for index in range(batch_size)]
+        batch["tokens"] = tokenize(captions, cfg.model.context_length)
+        if cfg.loss.ss > 0:
+            batch["photo_view"] = images()
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def amp_dtype(device: torch.device, cfg):
+    """The trainer's choice of autocast dtype (None: fp32)."""
+    if device.type != "cuda" or not cfg.train.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=sorted(STAGES), default="adapt")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
+    parser.add_argument("--batch-size", type=int, help="samples per step (default: "
+                        "train.batch_size of the config)")
+    parser.add_argument("--config", help="stage YAML file (default: "
+                        f"{DEFAULT_CONFIGS['adapt']} / {DEFAULT_CONFIGS['token']})")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--num-classes", type=int, default=1000,
+                        help="identities of the stand-in training set (stage 1's id head)")
+    parser.add_argument("--reference-attention", action="store_true",
+                        help="explicit attention with materialised weights, as the reference")
+    parser.add_argument("--jsonl", help="also append the JSON line to this file")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_intermixed_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    config = args.config or DEFAULT_CONFIGS[args.stage]
+    cfg = load_config(config, args.overrides)
+    batch_size = args.batch_size or cfg.train.batch_size
+    cfg.train.batch_size = batch_size
+    device = resolve_device(cfg.device)
+    if args.stage == "token" and cfg.model.init_from and not Path(cfg.model.init_from).is_file():
+        sys.exit(f"error: model.init_from={cfg.model.init_from} does not exist; give a stage-1 "
+                 "checkpoint, or model.init_from=null to start from model.pretrained")
+    seed_everything(cfg.seed)
+
+    stage = STAGES[args.stage]()
+    if args.stage == "adapt":
+        model = stage.build_model(cfg, StandInDataset(args.num_classes))
+    else:
+        model = stage.build_model(cfg)
+    model = model.to(device).train()
+    optimizer = build_optimizer(model, cfg, stage.lr_scales(cfg))
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.train.lr * group["lr_scale"]
+    dtype = amp_dtype(device, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    train_model = torch.compile(model) if cfg.train.compile else model
+    batch = make_batch(args.stage, cfg, batch_size, args.num_classes, device)
+    loss_inputs = stage.loss_inputs(cfg, 1, 0, 1)
+    last_loss = []
+
+    def step():
+        with autocast(device, dtype is not None):
+            losses = train_model(batch, **loss_inputs)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.train.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        last_loss[:] = [loss.detach()]
+
+    with reference_attention(args.reference_attention):
+        for _ in range(args.warmup):
+            timed_ms(step, device)
+        times = [timed_ms(step, device) for _ in range(args.steps)]
+    loss = float(last_loss[0])
+    if not math.isfinite(loss):
+        sys.exit(f"error: the loss is not finite ({loss})")
+
+    timing = summarize_ms(times)
+    flops = train_step_flops(args.stage, cfg, model.clip.arch, batch_size)
+    achieved = flops / (timing["median"] / 1000.0)
+    peak = peak_flops(device)
+    record = {
+        "bench": "train_step", "stage": args.stage, "device": str(device),
+        "device_name": device_name(device),
+        "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+        "image_size": list(cfg.model.image_size), "batch_size": batch_size,
+        "steps": args.steps, "warmup": args.warmup,
+        "reference_attention": args.reference_attention,
+        "separate_soft_target_pass": bool(cfg.loss.separate_soft_target_pass),
+        "step_ms": round(timing["median"], 2), "step_ms_min": round(timing["min"], 2),
+        "samples_per_s": round(batch_size / (timing["median"] / 1000.0), 3),
+        "peak_mem_mb": round(peak_memory_mb(device), 1),
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "tflop_per_step": float(f"{flops / 1e12:.4g}"),
+        "achieved_tflops": finite_round(achieved / 1e12, 3) if device.type == "cuda" else None,
+        "mfu": finite_round(achieved / peak, 4) if peak else None,
+        "loss": round(loss, 4),
+        "config": {"config": config, **flatten(parse_overrides(args.overrides))},
+    }
+    return emit(record, args.jsonl)
+
+
+if __name__ == "__main__":
+    main()

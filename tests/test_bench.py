@@ -1,0 +1,145 @@
+"""The benchmarks run end to end on tiny settings and print well-formed JSON lines.
+Timings are only checked to be positive and finite, never compared."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import common
+from bench import eval as bench_eval
+from bench import loader as bench_loader
+from bench import train_step as bench_train_step
+from model.clip import SelfAttention
+from model.random_clip import PRESETS, random_clip_state_dict
+
+TRAIN_STEP_KEYS = {"bench", "stage", "device", "image_size", "batch_size", "step_ms",
+                   "step_ms_min", "samples_per_s", "peak_mem_mb", "params_trainable",
+                   "tflop_per_step", "mfu", "config"}
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench-clip") / "tiny.pt"
+    torch.save(random_clip_state_dict(PRESETS["tiny"]), path)
+    return path
+
+
+def last_json_line(capsys) -> dict:
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    return json.loads(lines[-1])
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def tiny_step_args(stage: str, clip_file, *extra) -> list:
+    args = ["--stage", stage, "--steps", "2", "--batch-size", "4", "device=cpu",
+            f"model.pretrained={clip_file}", "model.image_size=[32,16]", *extra]
+    if stage == "token":
+        args += ["model.init_from=null", "model.middle_dim=32"]
+    return args
+
+
+@pytest.mark.parametrize("stage", ["adapt", "token"])
+def test_train_step_prints_one_sane_json_line(stage, clip_file, capsys):
+    returned = bench_train_step.main(tiny_step_args(stage, clip_file))
+    record = last_json_line(capsys)
+    assert record == returned
+    assert TRAIN_STEP_KEYS <= set(record)
+    assert record["bench"] == "train_step" and record["stage"] == stage
+    assert record["device"] == "cpu" and record["precision"] == "fp32"
+    assert record["image_size"] == [32, 16] and record["batch_size"] == 4
+    for key in ("step_ms", "step_ms_min", "samples_per_s", "peak_mem_mb", "params_trainable",
+                "tflop_per_step"):
+        assert positive(record[key]), key
+    assert record["step_ms_min"] <= record["step_ms"]
+    assert record["mfu"] is None  # no peak to compare with on the CPU
+    assert record["config"]["model.image_size"] == [32, 16]
+    assert math.isfinite(record["loss"])
+
+
+def test_reference_style_step_runs_and_restores_attention(clip_file, capsys):
+    original = SelfAttention.__dict__["forward"]
+    record = bench_train_step.main(tiny_step_args(
+        "adapt", clip_file, "loss.separate_soft_target_pass=true", "--reference-attention"))
+    assert record["reference_attention"] is True
+    assert record["separate_soft_target_pass"] is True
+    assert positive(record["step_ms"])
+    assert SelfAttention.__dict__["forward"] is original
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_attention_equals_fused_attention(causal):
+    torch.manual_seed(0)
+    attention = SelfAttention(64, 4)
+    torch.nn.init.normal_(attention.in_proj_weight, std=64 ** -0.5)
+    torch.nn.init.normal_(attention.in_proj_bias, std=0.1)
+    x = torch.randn(3, 11, 64, requires_grad=True)
+    original = SelfAttention.__dict__["forward"]
+
+    fused = attention(x, causal)
+    (fused_grad,) = torch.autograd.grad(fused.square().sum(), x)
+    with common.reference_attention():
+        assert SelfAttention.forward is common.explicit_attention_forward
+        explicit = attention(x, causal)
+        (explicit_grad,) = torch.autograd.grad(explicit.square().sum(), x)
+    assert SelfAttention.__dict__["forward"] is original
+    torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(explicit_grad, fused_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_attention_is_removed_after_an_error():
+    original = SelfAttention.__dict__["forward"]
+    with pytest.raises(RuntimeError):
+        with common.reference_attention():
+            raise RuntimeError("boom")
+    assert SelfAttention.__dict__["forward"] is original
+
+
+def test_flop_count_of_vit_b16_matches_the_usual_figure():
+    # ViT-B/16 at 224x224 is about 17.6 G multiply-adds per image.
+    flops = common.image_tower_flops(PRESETS["vit-b-16"], (224, 224), images=1)
+    assert 34e9 < flops < 36e9
+
+
+def test_loader_reports_samples_per_second(tmp_path, capsys):
+    from datasets.synthetic import generate
+    generate(tmp_path, scale=0.1, datasets=["rstpreid"])
+    records = bench_loader.main(["--workers", "0", "--batches", "2", "--batch-size", "4",
+                                 f"data.root={tmp_path}", "data.dataset=rstpreid",
+                                 "model.image_size=[32,16]"])
+    record = last_json_line(capsys)
+    assert records == [record]
+    assert record["bench"] == "loader" and record["workers"] == 0
+    assert record["dataset"] == "rstpreid" and record["batch_size"] == 4
+    for key in ("samples_per_s", "batch_ms", "first_batch_ms", "samples"):
+        assert positive(record[key]), key
+
+
+def test_eval_with_encoders_keeps_its_fields_and_adds_throughput(clip_file, capsys):
+    returned = bench_eval.main(["--queries", "40", "--gallery", "200", "--repeats", "1",
+                                "--encoders", "--clip", str(clip_file), "--image-size", "32",
+                                "16", "--encoder-batch", "8", "--encoder-repeats", "1"])
+    record = last_json_line(capsys)
+    assert record == returned
+    for key in ("bench", "queries", "gallery", "dim", "device", "match_ms", "rank_metrics_ms",
+                "peak_mem_mb", "R1", "mAP", "mINP"):
+        assert key in record, key
+    assert record["encoder_image_size"] == [32, 16] and record["encoder_batch"] == 8
+    for key in ("encode_image_per_s", "encode_text_per_s", "encode_image_ms", "encode_text_ms"):
+        assert positive(record[key]), key
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_step_on_cuda_reports_gpu_memory_and_mfu(clip_file):
+    record = bench_train_step.main(["--stage", "adapt", "--steps", "2", "--batch-size", "4",
+                                    "device=cuda", f"model.pretrained={clip_file}",
+                                    "model.image_size=[32,16]"])
+    assert record["precision"] in ("bf16", "fp16")
+    assert positive(record["peak_mem_mb"]) and positive(record["achieved_tflops"])
+    assert record["mfu"] is None or 0 < record["mfu"] < 1

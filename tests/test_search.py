@@ -1,0 +1,115 @@
+"""search.py and its gallery index: ranking, contact sheet, reuse and incremental updates of
+the index, interactive rounds from a pipe, and bad input."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import search
+import utils.gallery
+from utils.config import REPO_ROOT
+from utils.gallery import SearchEngine, default_index_path
+
+
+@pytest.fixture
+def gallery(synthetic_root, tmp_path):
+    folder = tmp_path / "gallery"
+    shutil.copytree(synthetic_root / "Market-Sketch-1K" / "photo" / "query", folder / "cam")
+    return folder
+
+
+@pytest.fixture
+def sketch(synthetic_root):
+    return sorted((synthetic_root / "Market-Sketch-1K" / "sketch" / "A" / "query").iterdir())[0]
+
+
+@pytest.fixture
+def embedded(monkeypatch):
+    """Records how many photos each SearchEngine embeds."""
+    counts = []
+    original = utils.gallery.encode_images
+
+    def counting(encode, paths, *args, **kwargs):
+        counts.append(len(paths))
+        return original(encode, paths, *args, **kwargs)
+
+    monkeypatch.setattr(utils.gallery, "encode_images", counting)
+    return counts
+
+
+def test_search_prints_ranking_and_writes_sheet(market_run, gallery, sketch, tmp_path, capsys):
+    checkpoint = market_run / "checkpoint_best.pth"
+    ranking = search.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery),
+                           "--sketch", str(sketch), "--text", "a young woman",
+                           "--text", "wearing a red top", "--topk", "5",
+                           "--out", str(tmp_path / "ranked.png"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "query: a photo of * , and a young woman, wearing a red top" in out
+    assert len(ranking) == 5 and [score for _, score in ranking] == sorted(
+        (score for _, score in ranking), reverse=True)
+    for rank, (path, score) in enumerate(ranking, start=1):
+        assert f"{rank:>4}  {score:>7.4f}  {path}" in out
+    assert (tmp_path / "ranked.png").stat().st_size > 0
+    assert default_index_path(checkpoint, gallery).is_file()
+
+
+def test_index_is_reused_and_updated_incrementally(market_run, gallery, sketch, tmp_path,
+                                                   embedded):
+    checkpoint, index = market_run / "checkpoint_best.pth", tmp_path / "index.pt"
+    photos = sorted((gallery / "cam").iterdir())
+    first = SearchEngine(checkpoint, gallery, index, "cpu")
+    assert embedded == [len(photos)]
+    SearchEngine(checkpoint, gallery, index, "cpu")
+    assert embedded == [len(photos)]  # nothing re-embedded
+    shutil.copy(photos[0], gallery / "cam" / "new_photo.jpg")  # added
+    photos[1].unlink()  # removed
+    photos[2].write_bytes(photos[3].read_bytes())  # changed
+    os.utime(photos[2], ns=(1, 1))
+    updated = SearchEngine(checkpoint, gallery, index, "cpu")
+    assert embedded[-1] == 2
+    assert "cam/new_photo.jpg" in updated.paths and f"cam/{photos[1].name}" not in updated.paths
+    from datasets.base import read_image
+    results = updated.search(read_image(sketch), ["a man"], topk=len(updated.paths))
+    assert len(results) == len(first.paths)  # one added, one removed
+
+
+def test_interactive_rounds_from_a_pipe(market_run, gallery, sketch, tmp_path):
+    command = [sys.executable, "search.py", "--checkpoint", str(market_run / "checkpoint_best.pth"),
+               "--gallery", str(gallery), "--sketch", str(sketch), "--topk", "3",
+               "--interactive", "--index", str(tmp_path / "i.pt"), "--device", "cpu"]
+    result = subprocess.run(command, cwd=REPO_ROOT, input="a red coat\nand a black backpack\n\n",
+                            capture_output=True, text=True, timeout=120, check=True)
+    queries = [line for line in result.stdout.splitlines() if "query: " in line]
+    assert queries[0].endswith("query: a photo of *")
+    assert queries[1].endswith("a photo of * , and a red coat")
+    assert queries[2].endswith("a photo of * , and a red coat, and a black backpack")
+
+
+@pytest.mark.parametrize("problem", ["sketch", "gallery", "stage", "missing"])
+def test_bad_input_gets_one_line(market_run, stage1_run, gallery, sketch, tmp_path, capsys,
+                                 problem):
+    checkpoint = market_run / "checkpoint_best.pth"
+    if problem == "sketch":
+        sketch = tmp_path / "broken.png"
+        sketch.write_bytes(b"not a picture")
+        expected = "corrupt or unreadable image: " + str(sketch)
+    elif problem == "gallery":
+        gallery = tmp_path / "empty"
+        gallery.mkdir()
+        expected = "holds no images"
+    elif problem == "stage":
+        checkpoint = stage1_run / "checkpoint_best.pth"
+        expected = "is a stage 1 (train_adapt.py) checkpoint; expected a stage 2"
+    else:
+        checkpoint = tmp_path / "nothing.pth"
+        expected = "checkpoint not found"
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery), "--sketch",
+                     str(sketch), "--device", "cpu", "--index", str(tmp_path / "i.pt")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and err.count("\n") == 1
