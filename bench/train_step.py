@@ -16,9 +16,9 @@ function and so is left out here.
 synchronised around each) and the median and minimum are reported. One JSON line:
 step_ms, step_ms_min, samples_per_s, peak_mem_mb (peak RSS of the process on the CPU,
 peak allocated GPU memory on CUDA), params_trainable, tflop_per_step (the analytic
-count of ``bench.common``: about 3x the forward matmul FLOPs of both towers), and on
-CUDA achieved_tflops and mfu (against the dense bf16 peak of H100 SXM / H200 / A100; null
-for other GPUs).
+count of ``bench.common``: about 3x the forward matmul FLOPs of both towers),
+achieved_tflops (that count over the median step time) and, on CUDA, mfu (achieved over
+the dense bf16 peak of H100 SXM / H200 / A100; null on the CPU and for other GPUs).
 
 ``--reference-attention`` swaps, for this run only, the fused attention of
 ``model.clip.SelfAttention`` for an explicit softmax(Q K^T / sqrt(d)) with the weights
@@ -199,7 +199,7 @@ def main(argv=None) -> dict:
         "peak_mem_mb": round(peak_memory_mb(device), 1),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "tflop_per_step": float(f"{flops / 1e12:.4g}"),
-        "achieved_tflops": finite_round(achieved / 1e12, 3) if device.type == "cuda" else None,
+        "achieved_tflops": finite_round(achieved / 1e12, 4),
         "mfu": finite_round(achieved / peak, 4) if peak else None,
         "loss": round(loss, 4),
         "config": {"config": config, **flatten(parse_overrides(args.overrides))},

@@ -26,11 +26,11 @@ stylization", Computers & Graphics 36(6), 2012), applied to each colour channel:
    slightly negative ``eps`` ignores faint texture.
 
 ``sigma`` grows with the image height (``height / 125``, at least 1 px), so strokes keep
-the same width relative to the person at any resolution: about 1/60 of the height, which
-stays visible after the resize to the network input (64x32 and up). The sketch has the
-photo's size and is saved greyscale (mode ``L``; the loaders read it as RGB with
-R = G = B). Nothing is learnt or downloaded, and the same photo always gives the same
-sketch.
+the same width relative to the person at any resolution (about 2 px in a 128 px high
+photo), which stays visible after the resize to the network input (64x32 and up). The
+sketch has the photo's size and is saved greyscale (mode ``L``; the loaders read it as
+RGB with R = G = B). Nothing is learnt or downloaded, and the same photo always gives
+the same sketch.
 
 Runs are resumable: a sketch that exists already is skipped (``--overwrite`` redoes it),
 and each sketch is written to a temporary file beside its target and then renamed, so a
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -86,8 +85,7 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
         size = out.shape[axis]
         pad = [(0, 0), (0, 0)]
         pad[axis] = (radius, radius)
-        # "symmetric" needs the pad to fit the image; tile small images first.
-        padded = np.pad(out, pad, mode="symmetric" if size > radius else "edge")
+        padded = np.pad(out, pad, mode="symmetric")
         acc = np.zeros_like(out)
         for offset, weight in enumerate(kernel):
             window = [slice(None), slice(None)]
@@ -138,10 +136,10 @@ def write_atomically(image: Image.Image, path: Path) -> None:
     """Save ``image`` to ``path`` through a temporary file in the same folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = _format_of(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
-                                         dir=path.parent)
+    # Hidden, and unique per process: a run never gives one target to two workers.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(temporary, "wb") as stream:
             options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
             image.save(stream, format=fmt, **options)
             stream.flush()

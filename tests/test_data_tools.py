@@ -294,3 +294,16 @@ def test_check_bad_input_exits_2(data, tmp_path, capsys, override):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert ("'nope'" in err) if "nope" in override else (str(tmp_path / "missing") in err)
+
+
+def test_check_lists_20_problems_then_a_count(cuhk_copy, tmp_path, capsys):
+    sketches = sorted((cuhk_copy / "CUHK-PEDES" / "imgs-sketch").rglob("*.jpg"))
+    assert len(sketches) > check.LIST_LIMIT
+    for sketch in sketches:
+        sketch.unlink()
+    assert _check(cuhk_copy, "data.dataset=cuhk-pedes", json_path=tmp_path / "r.json") == 1
+    out = capsys.readouterr().out
+    assert f"missing sketches ({len(sketches)})" in out
+    assert f"... and {len(sketches) - check.LIST_LIMIT} more" in out
+    problems = json.loads((tmp_path / "r.json").read_text())["problems"]
+    assert len(problems["missing_sketches"]) == len(sketches)

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Checks and benchmarks for a machine with a CUDA GPU; about 3-4 minutes on one H100.
+#
+#   bash bench/gpu_check.sh                 # JSON lines to a temporary file (and stdout)
+#   OUT=/some/dir bash bench/gpu_check.sh   # ... and to /some/dir/bench.jsonl
+#
+# 1. the tests marked cuda, then the quick (not slow) part of the CPU suite on this machine,
+#    where device=auto now means CUDA (QUICK_SUITE=0 skips it);
+# 2. one training step benchmark per stage at ViT-B/16 (random weights, made first),
+#    224x224, batch 60, bf16 autocast; stage 1 also the reference implementation's way
+#    (extra soft-target pass + attention with materialised weights);
+# 3. retrieval evaluation at 2,000 x 10,000 with encoder throughput, on CUDA.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+started=$SECONDS
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+if [[ -n "${OUT:-}" ]]; then
+    mkdir -p "$OUT"
+    JSONL="$OUT/bench.jsonl"
+else
+    JSONL="$WORK/bench.jsonl"
+fi
+STEPS=${STEPS:-20}
+BATCH=${BATCH:-60}
+
+section() { printf '\n== %s (%ds)\n' "$1" "$((SECONDS - started))"; }
+
+section "device"
+python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+section "tests marked cuda"
+status=0
+timeout 120 python -m pytest -q -m cuda || status=$?
+# 5: nothing carries the mark (not an error here)
+if [[ $status -ne 0 && $status -ne 5 ]]; then exit "$status"; fi
+
+if [[ "${QUICK_SUITE:-1}" != 0 ]]; then
+    section "quick CPU suite with CUDA present"
+    timeout 240 python -m pytest -q -x -m "not slow and not cuda"
+fi
+
+section "random ViT-B/16"
+CLIP="$WORK/vitb16-random.pt"
+python -m model.random_clip --out "$CLIP" --preset vit-b-16
+
+COMMON=(--steps "$STEPS" --warmup 3 --batch-size "$BATCH" --jsonl "$JSONL"
+        device=cuda "model.pretrained=$CLIP" "model.image_size=[224,224]")
+
+section "train step: stage 1 (adapt), ours"
+timeout 180 python -m bench.train_step --stage adapt "${COMMON[@]}"
+
+section "train step: stage 1 (adapt), reference way"
+timeout 180 python -m bench.train_step --stage adapt "${COMMON[@]}" \
+    loss.separate_soft_target_pass=true --reference-attention
+
+section "train step: stage 2 (token)"
+timeout 180 python -m bench.train_step --stage token "${COMMON[@]}" model.init_from=null
+
+section "evaluation and encoders"
+timeout 180 python -m bench.eval --device cuda --queries 2000 --gallery 10000 --encoders \
+    --clip "$CLIP" --encoder-repeats 10 --jsonl "$JSONL"
+
+section "done"
+echo "JSON lines: $JSONL"
+cat "$JSONL"
