@@ -22,10 +22,10 @@ import statistics
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
 from bench.common import emit
 from datasets.sampler import EpochSampler
+from utils.engine import build_train_loader
 from utils.config import flatten, load_config, parse_overrides
 from utils.errors import UserError
 from utils.stages import STAGES
@@ -43,22 +43,20 @@ def worker_counts(text: str) -> list:
     return counts
 
 
-def batches(dataset, cfg, stage, batch_size: int, workers: int, pin_memory: bool):
-    """Batches forever, epoch after epoch, as the trainer builds its loader."""
+def batches(dataset, cfg, stage, batch_size: int, workers: int, device: torch.device):
+    """Batches forever, epoch after epoch, from the trainer's own loader."""
+    cfg.train.batch_size, cfg.data.num_workers = batch_size, workers
     sampler = EpochSampler(len(dataset), batch_size, cfg.seed)
     epoch = 0
     while True:
         sampler.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                            num_workers=workers, drop_last=True, pin_memory=pin_memory,
-                            collate_fn=stage.collate(cfg), persistent_workers=False)
-        yield from loader
+        yield from build_train_loader(dataset, sampler, cfg, device, stage.collate(cfg), epoch)
         epoch += 1
 
 
 def measure(dataset, cfg, stage, batch_size: int, workers: int, count: int) -> dict:
-    pin_memory = torch.cuda.is_available()
-    stream = batches(dataset, cfg, stage, batch_size, workers, pin_memory)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    stream = batches(dataset, cfg, stage, batch_size, workers, device)
     start = time.perf_counter()
     next(stream)
     first_ms = (time.perf_counter() - start) * 1000.0

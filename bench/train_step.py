@@ -62,8 +62,7 @@ from bench.common import (CAPTIONS, emit, finite_round, peak_flops, peak_memory_
 from model.tokenizer import tokenize
 from utils.config import flatten, load_config, parse_overrides
 from utils.distributed import resolve_device
-from utils.engine import build_optimizer, seed_everything
-from utils.evaluation import autocast
+from utils.engine import amp_dtype, build_optimizer, seed_everything, train_step
 from utils.stages import STAGES
 
 DEFAULT_CONFIGS = {"adapt": "config/TriPEDES_pretrain.yaml", "token": "config/Market_finetune.yaml"}
@@ -96,13 +95,6 @@ def make_batch(stage: str, cfg, batch_size: int, num_classes: int,
         if cfg.loss.ss > 0:
             batch["photo_view"] = images()
     return {key: value.to(device) for key, value in batch.items()}
-
-
-def amp_dtype(device: torch.device, cfg):
-    """The trainer's choice of autocast dtype (None: fp32)."""
-    if device.type != "cuda" or not cfg.train.amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def device_name(device: torch.device) -> str:
@@ -162,17 +154,9 @@ def main(argv=None) -> dict:
     last_loss = []
 
     def step():
-        with autocast(device, dtype is not None):
-            losses = train_model(batch, **loss_inputs)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.train.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        last_loss[:] = [loss.detach()]
+        loss, _ = train_step(train_model, optimizer, scaler, batch, loss_inputs, device, dtype,
+                             cfg.train.grad_clip)
+        last_loss[:] = [loss]
 
     with reference_attention(args.reference_attention):
         for _ in range(args.warmup):

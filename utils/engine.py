@@ -75,6 +75,43 @@ def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
                              foreach=None if fused else True)
 
 
+def amp_dtype(device: torch.device, cfg):
+    """Autocast dtype of training: bf16 on CUDA where supported, else fp16; None (fp32) on
+    the CPU or with ``train.amp=false``."""
+    if device.type != "cuda" or not cfg.train.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_step(train_model, optimizer, scaler, batch: dict, loss_inputs: dict, device,
+               dtype, grad_clip: float = 0.0) -> tuple:
+    """One optimizer step: forward under autocast, sum of the ``*_loss`` terms, scaled
+    backward, optional clipping, step. Returns (total loss, dict of loss terms)."""
+    with autocast(device, dtype is not None):
+        losses = train_model(batch, **loss_inputs)
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), losses
+
+
+def build_train_loader(dataset, sampler, cfg, device: torch.device, collate=None,
+                       seed: int = 0) -> DataLoader:
+    """The training DataLoader: batches of ``train.batch_size`` in ``sampler``'s order. Its
+    own generator keeps worker seeding off the global random stream (exact resume)."""
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
+                      num_workers=cfg.data.num_workers, drop_last=True,
+                      pin_memory=device.type == "cuda", collate_fn=collate,
+                      persistent_workers=False,
+                      generator=torch.Generator().manual_seed(seed))
+
+
 class PreemptionGuard:
     """Turns SIGTERM/SIGINT into a flag checked between steps, so the loop can save first."""
 
@@ -117,7 +154,7 @@ class Trainer:
             stage.eval_sets(cfg, split, trial)
         self.model = stage.build_model(cfg, self.train_set).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg, stage.lr_scales(cfg))
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype = amp_dtype(self.device, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.sampler = EpochSampler(len(self.train_set), cfg.train.batch_size, cfg.seed,
                                     distributed.rank(), distributed.world_size())
@@ -150,11 +187,6 @@ class Trainer:
         if cfg.train.compile:
             self.train_model = torch.compile(self.train_model)
 
-    def _amp_dtype(self):
-        if self.device.type != "cuda" or not self.cfg.train.amp:
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
     # ----------------------------------------------------------------------------- loop
     def fit(self) -> dict:
         cfg = self.cfg
@@ -178,11 +210,8 @@ class Trainer:
         cfg = self.cfg
         start_batch = self.step - self.epoch * self.steps_per_epoch
         self.sampler.set_epoch(self.epoch, start_batch)
-        loader = DataLoader(self.train_set, batch_size=cfg.train.batch_size, sampler=self.sampler,
-                            num_workers=cfg.data.num_workers, drop_last=True,
-                            pin_memory=self.device.type == "cuda",
-                            collate_fn=self.stage.collate(cfg),
-                            persistent_workers=False)
+        loader = build_train_loader(self.train_set, self.sampler, cfg, self.device,
+                                    self.stage.collate(cfg), seed=cfg.seed * 1009 + self.epoch)
         self.train_model.train()
         progress = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
                         initial=start_batch, total=self.steps_per_epoch, disable=not self.main,
@@ -195,11 +224,12 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             step_in_epoch = self.step - self.epoch * self.steps_per_epoch
-            with autocast(self.device, self.amp_dtype is not None):
-                losses = self.train_model(batch, **self.stage.loss_inputs(
-                    cfg, self.epoch, step_in_epoch, self.steps_per_epoch))
-            loss = sum(losses.values())
+            loss, losses = train_step(self.train_model, self.optimizer, self.scaler, batch,
+                                      self.stage.loss_inputs(cfg, self.epoch, step_in_epoch,
+                                                             self.steps_per_epoch),
+                                      self.device, self.amp_dtype, cfg.train.grad_clip)
             if not torch.isfinite(loss):
+                # fp16: the grad scaler skipped this step; a few in a row are fine.
                 skipped += 1
                 if self.amp_dtype != torch.float16 or skipped > MAX_SKIPPED_STEPS:
                     raise TrainingError(
@@ -209,13 +239,6 @@ class Trainer:
                         "good state (try a lower train.lr)")
             else:
                 skipped = 0
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
             self.step += 1
             if self.main:
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
