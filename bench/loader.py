@@ -47,10 +47,11 @@ def batches(dataset, cfg, stage, batch_size: int, workers: int, device: torch.de
     """Batches forever, epoch after epoch, from the trainer's own loader."""
     cfg.train.batch_size, cfg.data.num_workers = batch_size, workers
     sampler = EpochSampler(len(dataset), batch_size, cfg.seed)
+    loader = build_train_loader(dataset, sampler, cfg, device, stage.collate(cfg), cfg.seed)
     epoch = 0
     while True:
         sampler.set_epoch(epoch)
-        yield from build_train_loader(dataset, sampler, cfg, device, stage.collate(cfg), epoch)
+        yield from loader
         epoch += 1
 
 

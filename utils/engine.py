@@ -103,12 +103,13 @@ def train_step(train_model, optimizer, scaler, batch: dict, loss_inputs: dict, d
 
 def build_train_loader(dataset, sampler, cfg, device: torch.device, collate=None,
                        seed: int = 0) -> DataLoader:
-    """The training DataLoader: batches of ``train.batch_size`` in ``sampler``'s order. Its
+    """The training DataLoader: batches of ``train.batch_size`` in ``sampler``'s order
+    (``sampler.set_epoch`` before each pass). Workers persist across epochs; the loader's
     own generator keeps worker seeding off the global random stream (exact resume)."""
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
                       num_workers=cfg.data.num_workers, drop_last=True,
                       pin_memory=device.type == "cuda", collate_fn=collate,
-                      persistent_workers=False,
+                      persistent_workers=cfg.data.num_workers > 0,
                       generator=torch.Generator().manual_seed(seed))
 
 
@@ -162,6 +163,8 @@ class Trainer:
             raise UserError(f"train.batch_size={cfg.train.batch_size} x {distributed.world_size()} "
                             f"process(es) is larger than the {len(self.train_set)} training "
                             "samples; lower train.batch_size")
+        self.loader = build_train_loader(self.train_set, self.sampler, cfg, self.device,
+                                         stage.collate(cfg), seed=cfg.seed)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
@@ -210,8 +213,7 @@ class Trainer:
         cfg = self.cfg
         start_batch = self.step - self.epoch * self.steps_per_epoch
         self.sampler.set_epoch(self.epoch, start_batch)
-        loader = build_train_loader(self.train_set, self.sampler, cfg, self.device,
-                                    self.stage.collate(cfg), seed=cfg.seed * 1009 + self.epoch)
+        loader = self.loader
         self.train_model.train()
         progress = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
                         initial=start_batch, total=self.steps_per_epoch, disable=not self.main,
