@@ -54,8 +54,8 @@ def prepare_output_dir(cfg) -> Path:
 
 
 def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
-    """AdamW; no weight decay on biases, norms, embeddings' 1-D parameters or the logit scale.
-    ``lr_scales`` maps a parameter-name prefix to a learning-rate multiplier."""
+    """AdamW; no weight decay on 1-D parameters (biases, norms, the class embedding) or the
+    logit scale. ``lr_scales`` maps a parameter-name prefix to a learning-rate multiplier."""
     lr_scales = lr_scales or {}
     groups = {}
     for name, parameter in model.named_parameters():
@@ -63,8 +63,7 @@ def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
             continue
         scale = next((value for prefix, value in lr_scales.items() if name.startswith(prefix)),
                      1.0)
-        decay = parameter.ndim >= 2 and "positional_embedding" not in name \
-            and "class_embedding" not in name
+        decay = parameter.ndim >= 2
         key = (scale, decay)
         groups.setdefault(key, {"params": [], "lr_scale": scale,
                                 "weight_decay": cfg.train.weight_decay if decay else 0.0})

@@ -1,0 +1,71 @@
+"""Pure pieces of the training loop: schedule, optimizer groups, sample order."""
+from __future__ import annotations
+
+import math
+
+import torch
+from easydict import EasyDict
+
+from datasets.sampler import EpochSampler, sample_seed
+from utils.engine import amp_dtype, build_optimizer
+from utils.schedule import learning_rate
+
+
+def reference_rate(step, total, warmup, peak, start, end):
+    if step < warmup:
+        return start + (peak - start) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * progress))
+
+
+def test_schedule_matches_the_formula():
+    for total, warmup in ((100, 10), (37, 0), (5, 5)):
+        for step in range(total + 3):
+            assert math.isclose(learning_rate(step, total, warmup, 1e-4, 1e-6, 5e-6),
+                                reference_rate(step, total, warmup, 1e-4, 1e-6, 5e-6))
+    assert learning_rate(0, 100, 10, 1e-4, 1e-6, 0.0) == 1e-6
+    assert learning_rate(10, 100, 10, 1e-4, 1e-6, 0.0) == 1e-4
+    assert math.isclose(learning_rate(55, 100, 10, 1e-4, 1e-6, 0.0), 5e-5)
+    assert learning_rate(100, 100, 10, 1e-4, 1e-6, 2e-6) == 2e-6
+
+
+def test_optimizer_groups():
+    model = torch.nn.ModuleDict({"clip": torch.nn.Linear(4, 4), "img2text": torch.nn.Linear(4, 2),
+                                 "norm": torch.nn.LayerNorm(4)})
+    model.register_parameter("logit_scale", torch.nn.Parameter(torch.tensor(1.0)))
+    frozen = torch.nn.Parameter(torch.ones(3, 3), requires_grad=False)
+    model.register_parameter("frozen", frozen)
+    cfg = EasyDict(train={"weight_decay": 0.02, "lr": 1e-4, "betas": [0.9, 0.98], "eps": 1e-8})
+    optimizer = build_optimizer(model, cfg, {"img2text.": 10.0})
+    groups = {(g["lr_scale"], g["weight_decay"]): {id(p) for p in g["params"]}
+              for g in optimizer.param_groups}
+    assert groups[(1.0, 0.02)] == {id(model["clip"].weight)}
+    assert groups[(10.0, 0.02)] == {id(model["img2text"].weight)}
+    assert groups[(10.0, 0.0)] == {id(model["img2text"].bias)}
+    assert groups[(1.0, 0.0)] == {id(model["clip"].bias), id(model["norm"].weight),
+                                  id(model["norm"].bias), id(model.logit_scale)}
+    assert all(id(frozen) not in params for params in groups.values())
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-8
+
+
+def test_sampler_shares_each_global_batch_between_processes():
+    single = EpochSampler(50, batch_size=8, seed=3)
+    ranks = [EpochSampler(50, batch_size=4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for sampler in (single, *ranks):
+        sampler.set_epoch(2)
+    order = [i for i, _ in single]
+    parts = [[i for i, _ in sampler] for sampler in ranks]
+    assert len(order) == 48 and len(parts[0]) == len(parts[1]) == 24
+    for batch in range(6):  # global batch k = rank 0's slice + rank 1's slice
+        assert order[batch * 8:batch * 8 + 8] == parts[0][batch * 4:batch * 4 + 4] + \
+            parts[1][batch * 4:batch * 4 + 4]
+    seeds = dict(single)
+    assert seeds[order[0]] == sample_seed(3, 2, order[0])
+    single.set_epoch(3)
+    assert [i for i, _ in single] != order  # a new order every epoch
+    single.set_epoch(2, start_batch=4)  # resume after 4 batches of epoch 2
+    assert [i for i, _ in single] == order[32:] and len(single) == 16
+
+
+def test_cpu_trains_in_fp32():
+    assert amp_dtype(torch.device("cpu"), EasyDict(train={"amp": True})) is None

@@ -1,0 +1,2 @@
+def test_fixture(market_run):
+    pass
