@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -422,8 +421,9 @@ class AppHandler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """Errors found by ``http.server`` itself (a bad request line, headers too long):
         JSON like every other answer."""
-        self._started = getattr(self, "_started", time.monotonic())
+        self._started = time.monotonic()
         self._status = 0
+        self._bytes_sent = 0
         self._head = self.command == "HEAD"
         self.close_connection = True
         try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from datasets.base import EvalSet, TrainSample, require_path
+from datasets.base import EvalSet, TrainSample, require_path, split_clauses
 from utils.errors import ConfigError, DatasetError
 
 FOLDERS = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
@@ -118,7 +118,7 @@ def eval_set(root: Path, name: str, split: str) -> EvalSet:
     return EvalSet(name=name, gallery_paths=gallery_paths, gallery_ids=gallery_ids,
                    gallery_cams=cams, sketch_paths=sketches, sketch_ids=list(gallery_ids),
                    sketch_cams=list(cams), text_queries=texts, text_ids=text_ids,
-                   feedback=[[text] for text in _first_captions(entries)])
+                   feedback=[split_clauses(text) for text in _first_captions(entries)])
 
 
 def _first_captions(entries: list) -> list:

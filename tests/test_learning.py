@@ -38,8 +38,11 @@ def test_stage1_then_stage2_learn(tiny_clip_path, tmp_path_factory):
     results = test_entry.main(["--checkpoint", str(stage2 / "checkpoint_best.pth"),
                                "test.rounds=6"])
     tasks = results["tasks"]
-    # Measured: R1 7.5 vs 2.1, mAP 17.9 vs 6.1 (the demo, 4x longer, shows R1 +9).
-    assert tasks["interactive"]["R1"] >= tasks["sketch_only"]["R1"] + 3, tasks
-    assert tasks["interactive"]["mAP"] >= tasks["sketch_only"]["mAP"] + 5, tasks
-    rounds = [entry["R1"] for entry in results["rounds"]]
-    assert rounds[-1] > rounds[0], rounds
+    # Measured: mAP 17.9 vs 6.0, R5 41 vs 10, R1 4.8-7.5 vs 2.1 (R1 moves with small
+    # changes at this size; the demo, 4x longer, shows R1 +9).
+    interactive, sketch_only = tasks["interactive"], tasks["sketch_only"]
+    assert interactive["mAP"] >= sketch_only["mAP"] + 5, tasks
+    assert interactive["R5"] >= sketch_only["R5"] + 10, tasks
+    assert interactive["R1"] > sketch_only["R1"], tasks
+    rounds = [entry["mAP"] for entry in results["rounds"]]
+    assert rounds[-1] >= rounds[0] + 5, rounds

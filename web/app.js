@@ -4,7 +4,7 @@
 
 (() => {
   const DEBOUNCE_MS = 350;
-  const MAX_UNDO = 40;
+  const MAX_UNDO = 30;
   const MAX_ROUNDS = 20;
   const INK_LEVEL = 200; // a pixel darker than this (any channel) counts as ink
 
@@ -244,6 +244,7 @@
     state.controller = null;
     const sequence = ++state.sequence;
     if (!hasInk()) {
+      resultList.removeAttribute("aria-busy");
       resultList.replaceChildren();
       queryText.textContent = "";
       showStatus("Draw the person (or upload a sketch) to search the gallery.");

@@ -1,2 +1,0 @@
-def test_fixture(market_run):
-    pass
