@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 from PIL import Image
 
 from utils.errors import UserError, exit_on_user_error
+from utils.gallery import SearchEngine, add_engine_arguments
 from utils.logger import setup_logging
 
 log = logging.getLogger("app")
@@ -459,16 +460,12 @@ class AppHandler(BaseHTTPRequestHandler):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="stage-2 checkpoint (train_token.py)")
-    parser.add_argument("--gallery", required=True, help="folder of photos (searched recursively)")
+    add_engine_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
-    parser.add_argument("--index", help="gallery index file (default: beside the checkpoint)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--verbose", action="store_true",
                         help="log every request (default: only refused or failed ones)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
@@ -476,7 +473,6 @@ def main(argv=None) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
-    from utils.gallery import SearchEngine  # torch loads here, after the arguments are read
     engine = SearchEngine(args.checkpoint, args.gallery, args.index, args.device)
     try:
         server = make_server(engine, args.host, args.port, args.verbose)

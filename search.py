@@ -21,7 +21,7 @@ from pathlib import Path
 
 from datasets.base import read_image
 from utils.errors import exit_on_user_error
-from utils.gallery import SearchEngine
+from utils.gallery import SearchEngine, add_engine_arguments
 from utils.logger import setup_logging
 from utils.visualize import rank_sheet
 
@@ -47,18 +47,14 @@ def save_sheet(engine: SearchEngine, sketch_path: Path, ranking: list, feedback:
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="stage-2 checkpoint (train_token.py)")
-    parser.add_argument("--gallery", required=True, help="folder of photos (searched recursively)")
+    add_engine_arguments(parser)
     parser.add_argument("--sketch", required=True, help="the query sketch (an image file)")
     parser.add_argument("--text", action="append", default=[],
                         help="one round of text feedback (repeat for more rounds)")
     parser.add_argument("--topk", type=int, default=10, help="photos to show (default 10)")
     parser.add_argument("--out", help="write a contact sheet PNG of the ranking here")
-    parser.add_argument("--index", help="gallery index file (default: beside the checkpoint)")
     parser.add_argument("--interactive", action="store_true",
                         help="read more feedback rounds from standard input, one per line")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     args = parser.parse_args(argv)
     if args.topk < 1:
         parser.error("--topk must be at least 1")

@@ -76,15 +76,6 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def broadcast_object(value):
-    """Rank 0's ``value`` on every process."""
-    if not dist.is_initialized():
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def cleanup(wait: bool = True) -> None:
     """Leave the process group; with ``wait``, once every process got here (gloo aborts a
     process whose peers leave first). After an error, don't wait for peers that may be stuck."""

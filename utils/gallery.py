@@ -36,6 +36,15 @@ def file_signature(path: Path) -> list:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def add_engine_arguments(parser) -> None:
+    """The command-line options of a ``SearchEngine`` (search.py and app.py share them)."""
+    parser.add_argument("--checkpoint", required=True, help="stage-2 checkpoint (train_token.py)")
+    parser.add_argument("--gallery", required=True, help="folder of photos (searched recursively)")
+    parser.add_argument("--index", help="gallery index file (default: beside the checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+
+
 def default_index_path(checkpoint: Path, gallery: Path) -> Path:
     """``<run dir>/gallery_index/<gallery name>-<hash of its absolute path>.pt``."""
     digest = hashlib.sha1(str(gallery.resolve()).encode()).hexdigest()[:10]
