@@ -69,3 +69,11 @@ def test_sampler_shares_each_global_batch_between_processes():
 
 def test_cpu_trains_in_fp32():
     assert amp_dtype(torch.device("cpu"), EasyDict(train={"amp": True})) is None
+
+
+def test_to_cpu_keeps_the_structure():
+    from utils.engine import to_cpu
+    state = {"a": torch.ones(2), "b": [torch.zeros(1), (torch.ones(1), 3)], "c": "x"}
+    moved = to_cpu(state)
+    assert moved["c"] == "x" and moved["b"][1][1] == 3 and isinstance(moved["b"][1], tuple)
+    assert torch.equal(moved["a"], state["a"]) and moved["a"].device.type == "cpu"

@@ -74,6 +74,17 @@ def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
                              foreach=None if fused else True)
 
 
+def to_cpu(value):
+    """Tensors anywhere in nested dicts/lists/tuples, copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value
+
+
 def amp_dtype(device: torch.device, cfg):
     """Autocast dtype of training: bf16 on CUDA where supported, else fp16; None (fp32) on
     the CPU or with ``train.amp=false``."""
@@ -287,9 +298,10 @@ class Trainer:
     def _save(self, name: str) -> None:
         if not self.main:
             return
-        state = {"stage": self.stage.name, "model": self.model.state_dict(),
+        # On the CPU, so that the file loads on a machine without a GPU.
+        state = {"stage": self.stage.name, "model": to_cpu(self.model.state_dict()),
                  "config": to_plain(self.cfg), "epoch": self.epoch, "step": self.step,
-                 "trial": self.trial, "optimizer": self.optimizer.state_dict(),
+                 "trial": self.trial, "optimizer": to_cpu(self.optimizer.state_dict()),
                  "scaler": self.scaler.state_dict(), "best_score": self.best_score,
                  "rng": random_states()}
         save_atomic(state, self.output_dir / name)

@@ -1,0 +1,40 @@
+"""CUDA checks (skipped without a GPU): the same model on GPU and CPU, and a training run
+with bf16/fp16 autocast. ``bash bench/gpu_check.sh`` runs them on a GPU machine."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.tokenizer import tokenize
+from tests.conftest import tiny_overrides
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_encoders_agree_with_the_cpu(tiny_clip):
+    model = tiny_clip.eval()
+    images = torch.randn(4, 3, 32, 32)
+    tokens = tokenize(["a red coat", "blue shorts and a black backpack"])
+    with torch.no_grad():
+        cpu_image, cpu_text = model.encode_image(images), model.encode_text(tokens)
+        gpu = model.cuda()
+        assert torch.allclose(gpu.encode_image(images.cuda()).cpu(), cpu_image, atol=1e-4)
+        assert torch.allclose(gpu.encode_text(tokens.cuda()).cpu(), cpu_text, atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = gpu.encode_image(images.cuda()).float().cpu()
+        assert torch.nn.functional.cosine_similarity(half, cpu_image).min() > 0.99
+
+
+def test_training_and_test_on_cuda_with_autocast(tiny_clip_path, synthetic_root, tmp_path):
+    import test as test_entry
+    import train_adapt
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_clip_path, synthetic_root, out,
+                               **{"data.dataset": "rstpreid", "device": "cuda"})
+    record = train_adapt.main(["--config", "config/TriPEDES_pretrain.yaml", *overrides])
+    assert record["test"]["tasks"]["text_to_image"]["R1"] >= 0
+    checkpoint = torch.load(out / "checkpoint_best.pth", weights_only=True)
+    assert all(not tensor.is_cuda for tensor in checkpoint["model"].values())
+    results = test_entry.main(["--checkpoint", str(out), "device=cuda"])
+    assert set(results["tasks"]) == {"text_to_image", "sketch_to_image"}
