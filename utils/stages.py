@@ -134,6 +134,14 @@ class Stage:
                               f"{', '.join(block['tasks'])}")
         return block["tasks"][task][metric]
 
+    @staticmethod
+    def load_besides_clip(model, state: dict, source: str):
+        """Load a checkpoint's state into ``model`` whose CLIP was already rebuilt from it
+        (and possibly resampled to a new input size): strictly, keeping that CLIP."""
+        clip_state = {k: v for k, v in model.state_dict().items() if k.startswith("clip.")}
+        load_state_dict_strict(model, {**state, **clip_state}, source)
+        return model
+
     def load_model_state(self, model, state: dict, source: str) -> None:
         load_state_dict_strict(model, state, source)
 
@@ -166,10 +174,7 @@ class AdaptStage(Stage):
         num_classes = classifier.shape[0] if classifier is not None else 0
         model = AdaptModel(clip_from_project_state(state, checkpoint["config"], cfg),
                            EasyDict(checkpoint["config"]["loss"]), num_classes)
-        clip_state = {k: v for k, v in model.state_dict().items() if k.startswith("clip.")}
-        # The CLIP part was rebuilt (possibly resampled) from the state; the heads load here.
-        load_state_dict_strict(model, {**state, **clip_state}, source)
-        return model
+        return self.load_besides_clip(model, state, source)
 
     def loss_inputs(self, cfg, epoch, step_in_epoch, steps_per_epoch) -> dict:
         # Soft targets ramp in over the first epoch, from 0 to loss.softlabel_ratio.
@@ -230,9 +235,7 @@ class TokenStage(Stage):
     def model_from_checkpoint(self, checkpoint: dict, cfg, source: str) -> TokenModel:
         clip = clip_from_project_state(checkpoint["model"], checkpoint["config"], cfg)
         model = TokenModel(clip, cfg.model, cfg.loss)
-        clip_state = {k: v for k, v in model.state_dict().items() if k.startswith("clip.")}
-        load_state_dict_strict(model, {**checkpoint["model"], **clip_state}, source)
-        return model
+        return self.load_besides_clip(model, checkpoint["model"], source)
 
     def lr_scales(self, cfg) -> dict:
         return {"img2text.": cfg.train.ratio_factor}
