@@ -6,7 +6,9 @@
 
 The model is rebuilt from the config stored in the checkpoint; KEY=VALUE overrides it (e.g.
 ``data.root``, ``device``, ``test.batch_size``). Results go to ``results.json`` beside the
-checkpoint, or into ``output_dir=<folder>`` when given.
+checkpoint, or into ``output_dir=<folder>`` when given, with ``queries.json``: every query's
+image, person id and the exact text of each text-bearing task. Checkpoints written by the
+paper's own code (InteractReID) are read too.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool 
     log.info("evaluating %s (%s, epoch %s) on %s", path, stage.title, checkpoint.get("epoch"),
              cfg.data.dataset + (f" trial {trial}" if trial is not None else ""))
     count = cfg.test.visualize if examples else 0
-    return stage.evaluate(model, cfg, "test", device, trial, examples=count), cfg
+    return stage.evaluate(model, cfg, "test", device, trial, examples=count, queries=True), cfg
 
 
 def mean_over_trials(trial_results: list) -> dict:
@@ -88,13 +90,17 @@ def main(argv=None) -> dict:
     runs = [(trial, *evaluate_checkpoint(file, args.overrides, trial, examples=index == 0))
             for index, (trial, file) in enumerate(jobs)]
     examples = runs[0][1].pop("examples", [])
+    asked = [(trial, result.pop("queries")) for trial, result, _ in runs]
     if len(runs) == 1:
         results = runs[0][1]
+        queries = {"dataset": results["dataset"], "queries": asked[0][1]}
     else:
         trials = [{"trial": trial, **{key: result[key] for key in ("tasks", "rounds")
                                       if key in result}} for trial, result, _ in runs]
         results = {"dataset": runs[0][2].data.dataset, **mean_over_trials(trials),
                    "trials": trials}
+        queries = {"dataset": results["dataset"],
+                   "trials": [{"trial": trial, "queries": entries} for trial, entries in asked]}
     results["checkpoint"] = str(path)
     results["config"] = to_plain(runs[0][2])
     given = any(item.startswith("output_dir=") for item in args.overrides)
@@ -105,6 +111,9 @@ def main(argv=None) -> dict:
     with open(output_dir / "results.json", "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     print(f"results written to {output_dir / 'results.json'}")
+    with open(output_dir / "queries.json", "w", encoding="utf-8") as handle:
+        json.dump(queries, handle, indent=1)
+    print(f"query texts written to {output_dir / 'queries.json'}")
     write_pictures(results, examples, output_dir)
     return results
 

@@ -156,7 +156,7 @@ def explicit_attention_forward(self, x: torch.Tensor, causal: bool) -> torch.Ten
         mask = torch.full((length, length), float("-inf"), device=x.device,
                           dtype=scores.dtype).triu_(1)
         scores = scores + mask
-    weights = scores.softmax(dim=-1)
+    weights = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
     out = weights @ value  # [B, H, L, d]
     weights.mean(dim=1)  # the [B, L, L] average need_weights=True returns
     out = out.transpose(1, 2).reshape(batch, length, width)

@@ -14,8 +14,8 @@ results are checked to agree.  Prints one JSON line.
 With ``--encoders`` the line also holds the throughput of the two CLIP towers at
 batch ``--encoder-batch`` (64): ``encode_image_per_s`` (images/s at ``--image-size``)
 and ``encode_text_per_s`` (texts/s, captions tokenised beforehand), each the median
-of ``--encoder-repeats`` timed calls after one warm-up, without gradients and under
-the evaluation's autocast (bf16 on CUDA).  The CLIP is ``--clip FILE`` (e.g. one
+of ``--encoder-repeats`` timed calls after one warm-up, without gradients, in
+``--encoder-precision`` (bfloat16 autocast by default on CUDA; always float32 on the CPU).  The CLIP is ``--clip FILE`` (e.g. one
 made by ``python -m model.random_clip --preset vit-b-16``), or a random ViT-B/16
 built in memory when no file is given::
 
@@ -98,7 +98,7 @@ def _encoder_throughput(args, device: torch.device) -> dict:
     from model.clip import build_clip, load_clip
     from model.random_clip import PRESETS, random_clip_state_dict
     from model.tokenizer import tokenize
-    from utils.evaluation import autocast
+    from utils.precision import autocast, autocast_dtype
 
     image_size = tuple(args.image_size)
     if args.clip:
@@ -114,8 +114,12 @@ def _encoder_throughput(args, device: torch.device) -> dict:
     tokens = tokenize([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)],
                       clip.context_length).to(device)
 
+    precision = args.encoder_precision
+    dtype = autocast_dtype(device, precision != "float32",
+                           "float16" if precision == "float32" else precision)
+
     def run(encode, inputs):
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), autocast(device, dtype):
             return encode(inputs)
 
     image_ms, _ = _median_ms(lambda: run(clip.encode_image, images), device,
@@ -150,6 +154,8 @@ def main(argv=None) -> dict:
                         metavar=("H", "W"), help="input size for --encoders")
     parser.add_argument("--encoder-batch", type=int, default=64)
     parser.add_argument("--encoder-repeats", type=int, default=3)
+    parser.add_argument("--encoder-precision", choices=("float32", "float16", "bfloat16"),
+                        default="bfloat16", help="autocast of --encoders on CUDA")
     parser.add_argument("--jsonl", help="also append the JSON line to this file")
     args = parser.parse_args(argv)
 

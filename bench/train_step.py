@@ -17,7 +17,8 @@ synchronised around each) and the median and minimum are reported. One JSON line
 step_ms, step_ms_min, samples_per_s, peak_mem_mb (peak RSS of the process on the CPU,
 peak allocated GPU memory on CUDA), params_trainable, tflop_per_step (the analytic
 count of ``bench.common``: about 3x the forward matmul FLOPs of both towers),
-achieved_tflops (that count over the median step time) and, on CUDA, mfu (achieved over
+achieved_tflops (that count over the median step time; with ``--accum-steps`` the
+gradient-free first pass is not counted) and, on CUDA, mfu (achieved over
 the dense bf16 peak of H100 SXM / H200 / A100; null on the CPU and for other GPUs).
 
 ``--reference-attention`` swaps, for this run only, the fused attention of
@@ -42,6 +43,16 @@ the same shapes first (timings do not depend on the weights' values).
         model.pretrained=/tmp/vitb16-random.pt model.image_size=[224,224] \\
         loss.separate_soft_target_pass=true --reference-attention
 
+``--accum-steps K`` times one step over a contrastive batch of K x ``--batch-size`` made
+of K micro-batches (``train.accum_steps``: feature caching, ``utils.engine.accumulated_step``);
+compare its ``peak_mem_mb`` with a plain step of the whole batch (run each in its own
+process: the CPU figure is the process's peak RSS)::
+
+    python -m bench.train_step --stage adapt --steps 2 --batch-size 16 device=cpu \
+        model.pretrained=/tmp/vitb16-random.pt
+    python -m bench.train_step --stage adapt --steps 2 --batch-size 4 --accum-steps 4 \
+        device=cpu model.pretrained=/tmp/vitb16-random.pt
+
 Stage 2 likewise::
 
     python -m bench.train_step --stage token --steps 3 --batch-size 4 device=cpu \\
@@ -62,7 +73,8 @@ from bench.common import (CAPTIONS, emit, finite_round, peak_flops, peak_memory_
 from model.tokenizer import tokenize
 from utils.config import flatten, load_config, parse_overrides
 from utils.distributed import resolve_device
-from utils.engine import amp_dtype, build_optimizer, seed_everything, train_step
+from utils.engine import (accumulated_step, amp_dtype, build_optimizer, seed_everything,
+                          train_step)
 from utils.stages import STAGES
 
 DEFAULT_CONFIGS = {"adapt": "config/TriPEDES_pretrain.yaml", "token": "config/Market_finetune.yaml"}
@@ -113,6 +125,8 @@ def parse_args(argv):
     parser.add_argument("--config", help="stage YAML file (default: "
                         f"{DEFAULT_CONFIGS['adapt']} / {DEFAULT_CONFIGS['token']})")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--accum-steps", type=int, default=1,
+                        help="micro-batches of --batch-size per step (feature caching)")
     parser.add_argument("--num-classes", type=int, default=1000,
                         help="identities of the stand-in training set (stage 1's id head)")
     parser.add_argument("--reference-attention", action="store_true",
@@ -120,8 +134,8 @@ def parse_args(argv):
     parser.add_argument("--jsonl", help="also append the JSON line to this file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_intermixed_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.accum_steps < 1:
+        parser.error("--steps and --accum-steps must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -149,13 +163,20 @@ def main(argv=None) -> dict:
     dtype = amp_dtype(device, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     train_model = torch.compile(model) if cfg.train.compile else model
-    batch = make_batch(args.stage, cfg, batch_size, args.num_classes, device)
+    accum = args.accum_steps
+    batch = make_batch(args.stage, cfg, batch_size * accum, args.num_classes, device)
+    micro_batches = [{key: value[i * batch_size:(i + 1) * batch_size]
+                      for key, value in batch.items()} for i in range(accum)]
     loss_inputs = stage.loss_inputs(cfg, 1, 0, 1)
     last_loss = []
 
     def step():
-        loss, _ = train_step(train_model, optimizer, scaler, batch, loss_inputs, device, dtype,
-                             cfg.train.grad_clip)
+        if accum == 1:
+            loss, _ = train_step(train_model, optimizer, scaler, batch, loss_inputs, device,
+                                 dtype, cfg.train.grad_clip)
+        else:
+            loss, _ = accumulated_step(model, optimizer, scaler, micro_batches, loss_inputs,
+                                       device, dtype, cfg.train.grad_clip)
         last_loss[:] = [loss]
 
     with reference_attention(args.reference_attention):
@@ -167,7 +188,8 @@ def main(argv=None) -> dict:
         sys.exit(f"error: the loss is not finite ({loss})")
 
     timing = summarize_ms(times)
-    flops = train_step_flops(args.stage, cfg, model.clip.arch, batch_size)
+    contrastive_batch = batch_size * accum
+    flops = train_step_flops(args.stage, cfg, model.clip.arch, contrastive_batch)
     achieved = flops / (timing["median"] / 1000.0)
     peak = peak_flops(device)
     record = {
@@ -175,11 +197,12 @@ def main(argv=None) -> dict:
         "device_name": device_name(device),
         "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
         "image_size": list(cfg.model.image_size), "batch_size": batch_size,
+        "accum_steps": accum, "contrastive_batch": contrastive_batch,
         "steps": args.steps, "warmup": args.warmup,
         "reference_attention": args.reference_attention,
         "separate_soft_target_pass": bool(cfg.loss.separate_soft_target_pass),
         "step_ms": round(timing["median"], 2), "step_ms_min": round(timing["min"], 2),
-        "samples_per_s": round(batch_size / (timing["median"] / 1000.0), 3),
+        "samples_per_s": round(contrastive_batch / (timing["median"] / 1000.0), 3),
         "peak_mem_mb": round(peak_memory_mb(device), 1),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "tflop_per_step": float(f"{flops / 1e12:.4g}"),

@@ -26,12 +26,13 @@ def train_samples(cfg, trial=None) -> list:
     name, root = check_name(cfg.data.dataset), Path(cfg.data.root)
     if name in STAGE1_DATASETS:
         from datasets import pedes
-        return pedes.train_samples(root, pedes_members(name), cfg.data.sketch_pairing)
+        return pedes.train_samples(root, pedes_members(name), cfg.data.sketch_pairing,
+                                   cfg.data.pre_caption, cfg.data.empty_missing_backtrans)
     if name == "mask1k":
         from datasets import market_sketch
         return market_sketch.train_samples(root)
     from datasets import pku_sketch
-    return pku_sketch.train_samples(root, trial, cfg.seed)
+    return pku_sketch.train_samples(root, trial, cfg.seed, cfg.data.pku_reference_indexing)
 
 
 def eval_sets(cfg, split: str, trial=None) -> list:
@@ -39,7 +40,8 @@ def eval_sets(cfg, split: str, trial=None) -> list:
     name, root = check_name(cfg.data.dataset), Path(cfg.data.root)
     if name in STAGE1_DATASETS:
         from datasets import pedes
-        return [pedes.eval_set(root, member, split) for member in pedes_members(name)]
+        return [pedes.eval_set(root, member, split, cfg.data.pre_caption, cfg.test.sketch_queries)
+                for member in pedes_members(name)]
     if name == "mask1k":
         from datasets import market_sketch
         return [market_sketch.eval_set(root, split)]

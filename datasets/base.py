@@ -62,7 +62,8 @@ class EvalSet:
     sketch_cams: list | None = None
     text_queries: list = dataclasses.field(default_factory=list)  # stage 1: captions
     text_ids: list = dataclasses.field(default_factory=list)
-    feedback: list = dataclasses.field(default_factory=list)  # stage 2: phrases per sketch query
+    text_photos: list = dataclasses.field(default_factory=list)  # the photo a caption describes
+    feedback: list = dataclasses.field(default_factory=list)  # stage 2: text per sketch query
 
     def __post_init__(self):
         if not self.gallery_paths:
@@ -129,44 +130,6 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int):
         return self.transform(read_image(self.paths[index])), index
-
-
-def split_clauses(text: str, min_words: int = 3) -> list:
-    """Cut a caption into short phrases, one per round of text feedback.
-
-    The text is cut at ``,`` ``;`` and ``.``. A piece is cut again before " with ", and at
-    " and " when the next word opens a new clause (a pronoun or article, or a verb-like
-    word ending in -s or -ing: "and holds a bag", "and she wears"), in both cases only
-    when each side keeps at least ``min_words`` words. So "He has short hair and holds a
-    red bag" gives two phrases while "a black and white striped shirt" stays whole. "with"
-    stays at the start of the phrase it opens; "and" is dropped. ``*`` (the pseudo-word
-    placeholder) never survives: it becomes a space. Deterministic; empty pieces are
-    dropped.
-    """
-    text = " ".join(str(text).replace("*", " ").split())
-    for mark in ";.":
-        text = text.replace(mark, ",")
-    phrases = []
-    for piece in text.split(","):
-        phrases.extend(_split_at_joins(piece.split(), min_words))
-    return [phrase for phrase in phrases if phrase]
-
-
-_CLAUSE_OPENERS = frozenset(("he", "she", "they", "it", "the", "this", "his", "her", "their"))
-
-
-def _split_at_joins(words: list, min_words: int) -> list:
-    for position, word in enumerate(words):
-        joiner = word.lower()
-        after = words[position + 1:]
-        if position < min_words or len(after) < min_words:
-            continue
-        if joiner == "with":
-            return [" ".join(words[:position])] + _split_at_joins(words[position:], min_words)
-        following = after[0].lower()
-        if joiner == "and" and (following in _CLAUSE_OPENERS or following.endswith(("s", "ing"))):
-            return [" ".join(words[:position])] + _split_at_joins(after, min_words)
-    return [" ".join(words)]
 
 
 def unreadable_images(paths) -> set:

@@ -7,7 +7,8 @@ Market-1501 ones of those people. Text feedback comes from the Market-1501 attri
 annotation (Lin et al., "Improving Person Re-identification by Attribute and Identity
 Learning", Pattern Recognition 2019): 27 attributes per identity (gender, age, hair,
 sleeve and lower-body length, garment type, eight upper and nine lower colours, bags and
-hat), turned here into short phrases in a fixed order.
+hat), turned into one sentence per person as the paper's code does
+(``feedback_sentence``).
 
 On disk::
 
@@ -50,10 +51,7 @@ ATTRIBUTE_FIELDS = (("age", "backpack", "bag", "handbag", "hat", "clothes", "dow
                      "hair", "gender")
                     + tuple("up" + colour for colour in UP_COLOURS)
                     + tuple("down" + colour for colour in DOWN_COLOURS))
-CARRIED = ("backpack", "handbag", "bag")  # the order in which carried things are named
-AGE_WORDS = {1: "young", 2: "teenage", 3: "adult", 4: "old"}
-PERSON_NOUNS = {1: "man", 2: "woman"}
-TEEN_NOUNS = {1: "boy", 2: "girl"}
+CARRIED = ("hat", "backpack", "bag", "handbag")  # named in this order
 YES = 2  # binary attributes: 1 no, 2 yes
 
 
@@ -109,60 +107,35 @@ def _read_part(path: Path, part: str, struct) -> dict:
             for position, pid in enumerate(ids)}
 
 
-def _join(words: list) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+def feedback_sentence(attributes: dict) -> str:
+    """The text feedback of one person: the sentence the paper's code builds from the
+    Market-1501 attributes, e.g. "A teenager man with short hair. He is in black short
+    sleeve clothes, and wears blue long pants with a backpack."
 
-
-def _with_article(phrase: str) -> str:
-    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
-
-
-def attribute_phrases(attributes: dict) -> list:
-    """Feedback phrases of one person in a fixed order: who (gender and age), hair, upper
-    body, lower body, carried things, hat. A phrase with nothing to say is left out, and
-    values outside the documented coding count as unknown."""
+    Pattern: "<A|An> <age> <gender> with <hair> hair. <He|She|He or she> is in <upper
+    colours> <sleeve> sleeve clothes, and wears <lower colours> <length> <pants|dress>"
+    then " with <carried things>." or ".". Colours and carried things are joined with
+    " and " in the attribute file's order; a value outside the coding leaves its word out
+    (gender: "person" / "He or she"; garment: "clothes").
+    """
     get = attributes.get
-    phrases = []
 
-    gender, age = get("gender"), get("age")
-    if gender in PERSON_NOUNS or age in AGE_WORDS:
-        if age == 2:
-            noun = TEEN_NOUNS.get(gender, "teenager")
-            phrases.append(_with_article(f"teenage {noun}" if gender in TEEN_NOUNS else noun))
-        else:
-            words = [AGE_WORDS[age]] if age in AGE_WORDS else []
-            words.append(PERSON_NOUNS.get(gender, "person"))
-            phrases.append(_with_article(" ".join(words)))
+    def word(field: str, words: tuple) -> str:
+        value = get(field, 0)
+        return words[value] if isinstance(value, int) and 0 <= value < len(words) else words[0]
 
-    hair = {1: "short", 2: "long"}.get(get("hair"))
-    if hair:
-        phrases.append(f"with {hair} hair")
-
-    up_colours = [colour for colour in UP_COLOURS if get("up" + colour) == YES]
-    sleeve = {1: "long-sleeved", 2: "short-sleeved"}.get(get("up"))
-    if up_colours or sleeve:
-        words = ([_join(up_colours)] if up_colours else []) + ([sleeve] if sleeve else [])
-        phrases.append("wearing " + _with_article(" ".join(words + ["top"])))
-
-    down_colours = [colour for colour in DOWN_COLOURS if get("down" + colour) == YES]
-    length = {1: "long", 2: "short"}.get(get("down"))
-    clothes = get("clothes")
-    if down_colours or length or clothes in (1, 2):
-        if clothes == 1:
-            garment = "dress"
-        else:
-            garment = {"long": "trousers", "short": "shorts"}.get(length, "trousers")
-        words = ([length] if length else []) + ([_join(down_colours)] if down_colours else [])
-        phrase = " ".join(words + [garment])
-        phrases.append(_with_article(phrase) if garment == "dress" else phrase)
-
-    carried = [thing for thing in CARRIED if get(thing) == YES]
-    if carried:
-        phrases.append("carrying " + _join([_with_article(thing) for thing in carried]))
-
-    if get("hat") == YES:
-        phrases.append("wearing a hat")
-    return phrases
+    age = word("age", ("", "young", "teenager", "adult", "old"))
+    up_colours = " and ".join(c for c in UP_COLOURS if get("up" + c) == YES)
+    down_colours = " and ".join(c for c in DOWN_COLOURS if get("down" + c) == YES)
+    carried = " and ".join("a " + thing for thing in CARRIED if get(thing) == YES)
+    parts = ["An" if get("age") in (3, 4) else "A", age,
+             word("gender", ("person", "man", "woman")), "with",
+             word("hair", ("", "short", "long")), "hair.",
+             word("gender", ("He or she", "He", "She")), "is in", up_colours,
+             word("up", ("", "long", "short")), "sleeve clothes, and wears", down_colours,
+             word("down", ("", "long", "short")), word("clothes", ("clothes", "dress", "pants"))]
+    sentence = " ".join(part for part in parts if part)
+    return sentence + (f" with {carried}." if carried else ".")
 
 
 # ----------------------------------------------------------------------------
@@ -227,7 +200,7 @@ def train_samples(root: Path) -> list:
 
 def eval_set(root: Path, split: str) -> EvalSet:
     """Test photos as gallery, test sketches (all styles) as queries, and the attribute
-    phrases of each query's person as its feedback."""
+    sentence of each query's person as its feedback."""
     if split != "test":
         raise DatasetError(f"Market-Sketch-1K has only a test split (asked for {split!r})")
     folder = _folder(root)
@@ -239,17 +212,16 @@ def eval_set(root: Path, split: str) -> EvalSet:
     mat_path = require_path(folder / ATTRIBUTE_FILE, "Market-1501 attribute file", LAYOUT)
     attributes = read_attributes(mat_path)
     sketch_ids = [person_id(sketch) for sketch in sketches]
-    phrases_of = {}
+    sentence_of = {}
     for pid in sketch_ids:
-        if pid not in phrases_of:
+        if pid not in sentence_of:
             if pid not in attributes:
                 raise DatasetError(f"query person {pid:04d} has no attributes in {mat_path}")
-            phrases_of[pid] = attribute_phrases(attributes[pid])
-    feedback = [list(phrases_of[pid]) for pid in sketch_ids]
+            sentence_of[pid] = feedback_sentence(attributes[pid])
+    feedback = [sentence_of[pid] for pid in sketch_ids]
     log.info("Market-Sketch-1K test: %d gallery photos, %d query sketches of %d people",
-             len(gallery), len(sketches), len(phrases_of))
+             len(gallery), len(sketches), len(sentence_of))
     return EvalSet(name="mask1k", gallery_paths=gallery,
                    gallery_ids=[person_id(photo) for photo in gallery], gallery_cams=None,
                    sketch_paths=sketches, sketch_ids=sketch_ids, sketch_cams=None,
-                   text_queries=[", ".join(phrases) for phrases in feedback],
-                   text_ids=list(sketch_ids), feedback=feedback)
+                   text_queries=list(feedback), text_ids=list(sketch_ids), feedback=feedback)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from datasets.base import EvalSet, TrainSample, require_path, split_clauses
+from datasets.base import EvalSet, TrainSample, require_path
+from datasets.captions import pre_caption
 from utils.errors import ConfigError, DatasetError
 
 FOLDERS = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
@@ -70,13 +71,17 @@ def check_files_exist(root: Path, name: str, split: str, entries: list) -> None:
                                    f"points at a missing file: {path}")
 
 
-def train_samples(root: Path, names: list, sketch_pairing: str = "own") -> list:
+def train_samples(root: Path, names: list, sketch_pairing: str = "own", clean: bool = True,
+                  empty_missing_backtrans: bool = False) -> list:
     """One sample per (photo, caption); person ids relabelled to 0..N-1 over all ``names``,
     kept apart per dataset (the same number in two datasets is two people).
 
     ``sketch_pairing``: "own" pairs each sketch with the photo it was traced from (the
     paper); "other" with the person's other photos when there are any, so that matching
-    cannot lean on the pixel positions the tracing preserved.
+    cannot lean on the pixel positions the tracing preserved. ``clean``: captions (and
+    back-translations) go through ``pre_caption``. ``empty_missing_backtrans``: an entry
+    without ``captions_bt`` gets empty back-translations, so that the back-translation
+    draw sometimes trains on an empty caption (the paper's code does this).
     """
     if sketch_pairing not in ("own", "other"):
         raise ConfigError(f"data.sketch_pairing={sketch_pairing!r} is not one of own, other")
@@ -94,35 +99,51 @@ def train_samples(root: Path, names: list, sketch_pairing: str = "own") -> list:
             others = tuple(p for p in photos_of[entry["id"]] if p != photo)
             photos = others if sketch_pairing == "other" and others else (photo,)
             captions_bt = tuple(entry.get("captions_bt") or ())
+            if empty_missing_backtrans and "captions_bt" not in entry:
+                captions_bt = ("",) * len(entry["captions"])
             for position, caption in enumerate(entry["captions"]):
                 # A back-translation at the same position paraphrases this caption.
                 bt = (captions_bt[position],) if position < len(captions_bt) else ()
+                if clean:
+                    caption, bt = pre_caption(caption), tuple(pre_caption(text) for text in bt)
                 samples.append(TrainSample(label, photos, sketch, (caption,), bt))
     return samples
 
 
-def eval_set(root: Path, name: str, split: str) -> EvalSet:
-    """Gallery = photos of the split; queries = its captions and its sketches. Each sketch's
-    cam is the index of its own photo, so that photo is left out of its ranking."""
+SKETCH_QUERIES = ("per_caption", "per_photo")
+
+
+def eval_set(root: Path, name: str, split: str, clean: bool = True,
+             sketch_queries: str = "per_caption") -> EvalSet:
+    """Gallery = photos of the split; queries = its captions (cleaned by ``pre_caption``
+    with ``clean``) and its sketches: one sketch query per caption of its photo (as the
+    paper's code counts them) or one per photo. Each sketch's cam is the index of its own
+    photo, so that photo is left out of its ranking. The stage-2 feedback of a sketch is
+    the first caption of its photo, as written."""
+    if sketch_queries not in SKETCH_QUERIES:
+        raise ConfigError(f"test.sketch_queries={sketch_queries!r} is not one of "
+                          f"{', '.join(SKETCH_QUERIES)}")
     entries = read_annotations(root, name, split)
     check_files_exist(root, name, split, entries)
-    gallery_paths, gallery_ids, texts, text_ids, sketches = [], [], [], [], []
+    gallery_paths, gallery_ids, texts, text_ids, text_photos = [], [], [], [], []
+    sketches, sketch_ids, sketch_cams, feedback = [], [], [], []
     for index, entry in enumerate(entries):
         photo, sketch = photo_and_sketch(root, name, entry["file_path"])
         gallery_paths.append(photo)
         gallery_ids.append(entry["id"])
-        sketches.append(sketch)
-        texts.extend(entry["captions"])
-        text_ids.extend([entry["id"]] * len(entry["captions"]))
-    cams = list(range(len(entries)))
+        captions = list(entry["captions"])
+        texts.extend(pre_caption(text) if clean else text for text in captions)
+        text_ids.extend([entry["id"]] * len(captions))
+        text_photos.extend([photo] * len(captions))
+        copies = len(captions) if sketch_queries == "per_caption" else 1
+        sketches.extend([sketch] * copies)
+        sketch_ids.extend([entry["id"]] * copies)
+        sketch_cams.extend([index] * copies)
+        feedback.extend([captions[0] if captions else ""] * copies)
     return EvalSet(name=name, gallery_paths=gallery_paths, gallery_ids=gallery_ids,
-                   gallery_cams=cams, sketch_paths=sketches, sketch_ids=list(gallery_ids),
-                   sketch_cams=list(cams), text_queries=texts, text_ids=text_ids,
-                   feedback=[split_clauses(text) for text in _first_captions(entries)])
-
-
-def _first_captions(entries: list) -> list:
-    return [entry["captions"][0] if entry["captions"] else "" for entry in entries]
+                   gallery_cams=list(range(len(entries))), sketch_paths=sketches,
+                   sketch_ids=sketch_ids, sketch_cams=sketch_cams, text_queries=texts,
+                   text_ids=text_ids, text_photos=text_photos, feedback=feedback)
 
 
 def has_split(root: Path, name: str, split: str) -> bool:

@@ -19,16 +19,18 @@ On disk::
 Without ``idx/`` the split of trial ``t`` is drawn from ``random.Random(seed * 1000 + t)``
 over the sorted ids found in ``photo/`` (150/50 people, or 3/4 and 1/4 when fewer than
 200 exist); photos then take their cam from ``_<k>`` and sketches cam 3. The feedback of
-a test sketch is one caption of its person, chosen with ``random.Random(seed * 7 + trial
-+ id)`` so scores repeat, cut into clauses by ``split_clauses``.
+a test sketch is one caption of its person as written, chosen with ``random.Random(seed * 7
++ trial + id)`` so that scores repeat (the paper's code draws it at random at every
+evaluation).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from pathlib import Path
 
-from datasets.base import EvalSet, TrainSample, require_path, split_clauses
+from datasets.base import EvalSet, TrainSample, require_path
 from utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -196,9 +198,15 @@ def choose_caption(captions: list, seed, trial, pid: int) -> str:
 # Entry points
 # ----------------------------------------------------------------------------
 
-def train_samples(root: Path, trial, seed) -> list:
+def train_samples(root: Path, trial, seed, reference_indexing: bool = False) -> list:
     """One sample per training sketch, paired with its person's training photos and
-    captions; labels 0..N-1 follow the sorted person ids."""
+    captions; labels 0..N-1 follow the sorted person ids.
+
+    ``reference_indexing`` reproduces how the paper's code indexes this training set: item
+    i is photo i with the sketch and label of person i // 2, over as many items as there
+    are sketches, so only the first half of the people (by sorted id) is trained on, each
+    with both photos.
+    """
     photos, sketches = load_split(root, trial, seed, "train")
     captions = _captions(Path(root) / FOLDER)
     photos_of = {}
@@ -212,14 +220,22 @@ def train_samples(root: Path, trial, seed) -> list:
     samples = [TrainSample(labels[pid], tuple(photos_of[pid]), path,
                            tuple(captions.get(pid, ())))
                for path, pid, _ in sketches]
+    if reference_indexing:
+        ordered = sorted(samples, key=lambda sample: sample.label)
+        photo_items = [(sample, photo) for sample in ordered for photo in sample.photos]
+        samples = [dataclasses.replace(ordered[item // 2], photos=(photo_items[item][1],))
+                   for item in range(len(ordered))]
+        log.info("PKU-Sketch trial %d: data.pku_reference_indexing=true, training on the "
+                 "first %d of %d people", _trial(trial), len({s.label for s in samples}),
+                 len(labels))
     log.info("PKU-Sketch trial %d train: %d sketches of %d people", _trial(trial),
              len(samples), len(labels))
     return samples
 
 
 def eval_set(root: Path, trial, seed, split: str) -> EvalSet:
-    """Test photos as gallery, test sketches as queries; each query's feedback is the
-    clauses of one caption of its person."""
+    """Test photos as gallery, test sketches as queries; each query's feedback is one
+    caption of its person, as written."""
     _check_split(split)
     photos, sketches = load_split(root, trial, seed, "test")
     captions = _captions(Path(root) / FOLDER)
@@ -235,4 +251,4 @@ def eval_set(root: Path, trial, seed, split: str) -> EvalSet:
                    gallery_cams=[cam for _, _, cam in photos],
                    sketch_paths=[path for path, _, _ in sketches], sketch_ids=sketch_ids,
                    sketch_cams=[cam for _, _, cam in sketches], text_queries=texts,
-                   text_ids=list(sketch_ids), feedback=[split_clauses(text) for text in texts])
+                   text_ids=list(sketch_ids), feedback=list(texts))

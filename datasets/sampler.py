@@ -14,17 +14,21 @@ class EpochSampler(Sampler):
     """Yields ``(index, seed)`` for this process's share of a seeded permutation.
 
     Like ``DistributedSampler`` with ``drop_last``: every process gets the same number of
-    whole batches. ``set_epoch(epoch, start_batch)`` makes the order a function of the epoch
+    whole batches (a multiple of ``accum_steps``, the micro-batches of one optimizer step;
+    those of one step together are the samples a single batch of ``accum_steps`` times the
+    size would hold). ``set_epoch(epoch, start_batch)`` makes the order a function of the epoch
     alone and skips the batches already done (mid-epoch resume). Seeds travel with the
     indices, so augmentation does not depend on which worker loads an item.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True):
+                 world_size: int = 1, accum_steps: int = 1, shuffle: bool = True):
         self.num_samples, self.batch_size = num_samples, batch_size
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.epoch, self.start_batch = 0, 0
-        self.batches_per_epoch = num_samples // (batch_size * world_size)
+        # Whole optimizer steps only: each takes accum_steps micro-batches per process.
+        steps = num_samples // (batch_size * world_size * accum_steps)
+        self.batches_per_epoch = steps * accum_steps
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch

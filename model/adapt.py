@@ -1,5 +1,10 @@
 """Stage 1, task-oriented knowledge adaptation: CLIP learns one space for photos, sketches
-and texts of people. Photos and sketches share the image tower."""
+and texts of people. Photos and sketches share the image tower.
+
+A step is split in two so that a large contrastive batch can be built from several
+micro-batches (``utils.engine``'s gradient accumulation): ``features`` runs the towers on
+one micro-batch, ``losses`` contrasts the features of the whole batch.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.clip import CLIP
-from model.losses import (cyclic_loss, nt_xent_loss, reverse_kl_loss, soft_contrastive_loss)
+from model.losses import (LOGIT_SCALE_CLAMPS, clamped_logit_scale, cyclic_loss, nt_xent_loss, reverse_kl_loss,
+                          soft_contrastive_loss)
 from utils.distributed import gather_no_grad, gather_with_grad
-
-MAX_LOGIT_SCALE = 100.0
+from utils.errors import ConfigError
 
 
 class AdaptModel(nn.Module):
@@ -28,6 +33,11 @@ class AdaptModel(nn.Module):
         self.citc_lambdas = (loss_cfg.citc_lambda1, loss_cfg.citc_lambda2)
         self.ss_temperature = loss_cfg.ss_temperature
         self.separate_soft_target_pass = loss_cfg.separate_soft_target_pass
+        self.logit_scale_max = float(loss_cfg.logit_scale_max)
+        self.logit_scale_clamp = loss_cfg.logit_scale_clamp
+        if self.logit_scale_clamp not in LOGIT_SCALE_CLAMPS:
+            raise ConfigError(f"loss.logit_scale_clamp={self.logit_scale_clamp!r} is not one of "
+                              f"{', '.join(LOGIT_SCALE_CLAMPS)}")
         embed_dim = clip.arch.embed_dim
         self.num_classes = num_classes
         if self.weights["id"] > 0:
@@ -39,7 +49,8 @@ class AdaptModel(nn.Module):
                                          nn.Linear(embed_dim, embed_dim))
 
     def logit_scale(self) -> torch.Tensor:
-        return self.clip.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        return clamped_logit_scale(self.clip.logit_scale, self.logit_scale_max,
+                                   self.logit_scale_clamp)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(images), dim=-1)
@@ -50,50 +61,62 @@ class AdaptModel(nn.Module):
     def forward(self, batch: dict, alpha: float = 0.0) -> dict:
         """batch: photo [B,3,H,W], sketch [B,3,H,W], tokens [B,L], label [B] (+ photo_view
         for SS). ``alpha``: share of soft targets in N-ITC/N-ISC (ramped by the trainer)."""
+        return self.losses(self.features(batch), batch["label"], alpha)
+
+    def features(self, batch: dict) -> dict:
+        """Normalised features [B, E] of one (micro-)batch: photo, sketch, text (+ view)."""
         batch_size = batch["photo"].shape[0]
         # One pass of the image tower for photos and sketches together.
         image_feats = self.encode_image(torch.cat([batch["photo"], batch["sketch"]]))
-        photo_feats, sketch_feats = image_feats[:batch_size], image_feats[batch_size:]
-        text_feats = self.encode_text(batch["tokens"])
+        feats = {"photo": image_feats[:batch_size], "sketch": image_feats[batch_size:],
+                 "text": self.encode_text(batch["tokens"])}
+        if self.weights["ss"] > 0:
+            feats["view"] = self.encode_image(batch["photo_view"])
+        if self.separate_soft_target_pass:
+            feats.update(self._soft_target_features(batch))
+        return feats
 
-        # Contrast over the global batch: features of every process, gradients to our slice.
-        labels = gather_no_grad(batch["label"])
-        photos, sketches, texts = (gather_with_grad(feats) for feats in
-                                   (photo_feats, sketch_feats, text_feats))
+    def losses(self, feats: dict, labels: torch.Tensor, alpha: float = 0.0) -> dict:
+        """The weighted losses over the global batch: ``feats`` from ``features`` (this
+        process's rows), labels [B]. Features of every process take part; gradients flow
+        to this process's rows."""
+        all_labels = gather_no_grad(labels)
+        photos, sketches, texts = (gather_with_grad(feats[key])
+                                   for key in ("photo", "sketch", "text"))
         soft_photos = soft_sketches = soft_texts = None
-        if self.separate_soft_target_pass and alpha > 0:
-            soft_photos, soft_sketches, soft_texts = self._soft_target_features(batch)
+        if "soft_photo" in feats and alpha > 0:
+            soft_photos, soft_sketches, soft_texts = (
+                gather_no_grad(feats[key]) for key in ("soft_photo", "soft_sketch", "soft_text"))
         scale = self.logit_scale()
         w = self.weights
         losses = {}
         if w["nitc"] > 0:
             losses["nitc_loss"] = w["nitc"] * soft_contrastive_loss(
-                photos, texts, labels, scale, alpha, soft_photos, soft_texts)
+                photos, texts, all_labels, scale, alpha, soft_photos, soft_texts)
         if w["nisc"] > 0:
             losses["nisc_loss"] = w["nisc"] * soft_contrastive_loss(
-                photos, sketches, labels, scale, alpha, soft_photos, soft_sketches)
+                photos, sketches, all_labels, scale, alpha, soft_photos, soft_sketches)
         if w["ritc"] > 0:
-            losses["ritc_loss"] = w["ritc"] * reverse_kl_loss(photos, texts, labels, scale,
+            losses["ritc_loss"] = w["ritc"] * reverse_kl_loss(photos, texts, all_labels, scale,
                                                              self.ritc_eps)
         if w["citc"] > 0:
             losses["citc_loss"] = w["citc"] * cyclic_loss(photos, texts, *self.citc_lambdas)
         if w["id"] > 0:
-            logits = self.id_classifier(torch.cat([photo_feats, text_feats]))
-            targets = batch["label"].repeat(2)
-            losses["id_loss"] = w["id"] * F.cross_entropy(logits, targets)
+            logits = self.id_classifier(torch.cat([feats["photo"], feats["text"]]))
+            losses["id_loss"] = w["id"] * F.cross_entropy(logits, labels.repeat(2))
         if w["ss"] > 0:
-            view_feats = self.encode_image(batch["photo_view"])
-            projected = F.normalize(self.ss_head(torch.cat([photo_feats, view_feats])), dim=-1)
-            view_a, view_b = projected[:batch_size], projected[batch_size:]
+            projected = F.normalize(self.ss_head(torch.cat([feats["photo"], feats["view"]])),
+                                    dim=-1)
+            view_a, view_b = projected.chunk(2)
             losses["ss_loss"] = w["ss"] * nt_xent_loss(gather_with_grad(view_a),
                                                        gather_with_grad(view_b),
                                                        self.ss_temperature)
         return losses
 
     @torch.no_grad()
-    def _soft_target_features(self, batch: dict) -> tuple:
-        """The reference implementation's extra no-grad pass (kept for ablations)."""
-        photo = gather_no_grad(self.encode_image(batch["photo"]))
-        sketch = gather_no_grad(self.encode_image(batch["sketch"]))
-        text = gather_no_grad(self.encode_text(batch["tokens"]))
-        return photo, sketch, text
+    def _soft_target_features(self, batch: dict) -> dict:
+        """A second, gradient-free pass for the soft targets (the reference's way: with the
+        text tower's dropout it sees other masks than the pass being trained)."""
+        return {"soft_photo": self.encode_image(batch["photo"]),
+                "soft_sketch": self.encode_image(batch["sketch"]),
+                "soft_text": self.encode_text(batch["tokens"])}

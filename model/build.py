@@ -15,6 +15,7 @@ def configure_clip(clip: CLIP, model_cfg) -> CLIP:
     """Apply the training options of ``model.*`` to a freshly built CLIP."""
     if model_cfg.freeze_patch_embed:
         clip.freeze_patch_embedding()
+    clip.set_text_dropout(model_cfg.text_dropout)
     clip.set_grad_checkpointing(model_cfg.grad_checkpointing)
     return clip
 

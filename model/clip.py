@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -24,14 +23,11 @@ from torch.utils.checkpoint import checkpoint
 
 from model.pos_embed import resample_text_positions, resample_vision_positions
 from model.tokenizer import placeholder_token_id
-from utils.errors import UserError
+from utils.errors import UNREADABLE_FILE_ERRORS, UserError
 
 # OpenAI's TorchScript archives carry these scalars next to the weights.
 ARCHIVE_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
-HEAD_WIDTH = 64
-# What torch.load / torch.jit.load raise on a truncated, foreign or garbage file.
-UNREADABLE_FILE_ERRORS = (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError,
-                          TypeError, pickle.UnpicklingError, zipfile.BadZipFile)  # OpenAI's CLIP uses one attention head per 64 channels
+HEAD_WIDTH = 64  # OpenAI's CLIP uses one attention head per 64 channels
 
 
 class CheckpointError(UserError):
@@ -59,6 +55,7 @@ class SelfAttention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
+        self.dropout = 0.0  # on the attention probabilities, while training
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -69,7 +66,8 @@ class SelfAttention(nn.Module):
         qkv = qkv.view(batch, length, 3, self.heads, width // self.heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, D/H]
         # Fused attention kernel; never asks for the weights, so flash/efficient paths stay on.
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=causal)
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, length, width)  # [B, L, D]
         return self.out_proj(out)
 
@@ -195,6 +193,14 @@ class CLIP(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.visual.transformer.grad_checkpointing = enabled
         self.transformer.grad_checkpointing = enabled
+
+    def set_text_dropout(self, probability: float) -> None:
+        """Dropout on the attention probabilities of every text block while training (as
+        ``nn.MultiheadAttention(dropout=p)`` does); 0 turns it off."""
+        if not 0.0 <= probability < 1.0:
+            raise ValueError(f"text dropout must be in [0, 1), got {probability}")
+        for block in self.transformer.resblocks:
+            block.attn.dropout = float(probability)
 
     def freeze_patch_embedding(self) -> None:
         """Keep the patch-embedding convolution fixed (the setting of the paper)."""

@@ -9,6 +9,27 @@ import torch
 import torch.nn.functional as F
 
 
+LOGIT_SCALE_CLAMPS = ("straight_through", "stop_gradient")
+
+
+def clamped_logit_scale(log_scale: torch.Tensor, max_value: float = 100.0,
+                        mode: str = "straight_through") -> torch.Tensor:
+    """exp(log_scale), its value capped at ``max_value`` (0 = no cap).
+
+    "straight_through": the gradient is that of the uncapped exp, as in the paper's code
+    (which overwrites the value and keeps the graph); "stop_gradient": the cap is a
+    clamp, so no gradient flows while the value is above it.
+    """
+    scale = log_scale.exp()
+    if max_value <= 0:
+        return scale
+    if mode == "straight_through":
+        return scale - (scale - scale.clamp(max=max_value)).detach()
+    if mode == "stop_gradient":
+        return scale.clamp(max=max_value)
+    raise ValueError(f"logit scale clamp {mode!r} is not one of {', '.join(LOGIT_SCALE_CLAMPS)}")
+
+
 def identity_targets(labels: torch.Tensor) -> torch.Tensor:
     """labels [B] -> [B, B] rows summing to 1 over the pairs of the same person."""
     same = (labels.unsqueeze(0) == labels.unsqueeze(1)).float()
@@ -43,12 +64,14 @@ def soft_contrastive_loss(feats_a: torch.Tensor, feats_b: torch.Tensor, labels: 
 
 def reverse_kl_loss(feats_a: torch.Tensor, feats_b: torch.Tensor, labels: torch.Tensor,
                     logit_scale: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
-    """R-ITC: KL(model || targets) in both directions, targets = identity targets + eps
-    (renormalised), which penalises probability mass on other people more than a missed
-    positive."""
+    """R-ITC: KL(model || targets) in both directions, targets = identity targets + eps,
+    which penalises probability mass on other people more than a missed positive.
+
+    The targets are not renormalised (as in TBPS-CLIP): that shifts the value by the
+    constant log(1 + B * eps) per row and leaves every gradient unchanged.
+    """
     logits = logit_scale * feats_a @ feats_b.t()  # [B, B]
-    targets = identity_targets(labels) + eps
-    log_targets = (targets / targets.sum(dim=1, keepdim=True)).log()
+    log_targets = (identity_targets(labels) + eps).log()
     loss = 0.0
     for direction in (logits, logits.t()):
         log_probs = F.log_softmax(direction, dim=1)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.clip import CLIP
-from model.losses import info_nce_loss
+from model.losses import clamped_logit_scale, info_nce_loss
 from model.tokenizer import PLACEHOLDER, tokenize
 from utils.distributed import gather_with_grad
 from utils.errors import ConfigError
@@ -46,14 +46,17 @@ class MappingNetwork(nn.Module):
         return self.fc_out(self.layers(image_feats))
 
 
-def compose_query(template: str, feedback: Sequence[str], sketch_only_prompt: str) -> str:
-    """The text of a composed query: ``template`` with the feedback phrases joined into its
-    ``{}``; with no feedback, the sketch-only prompt. Feedback never adds a placeholder."""
-    phrases = [" ".join(phrase.replace(PLACEHOLDER, " ").split()) for phrase in feedback]
-    phrases = [phrase for phrase in phrases if phrase]
-    if not phrases:
-        return sketch_only_prompt
-    return template.format(", ".join(phrases))
+def compose_query(template: str, feedback: str, sketch_only_prompt: str) -> str:
+    """The text of a composed query: ``template`` with the feedback text in its ``{}``;
+    with no feedback, the sketch-only prompt. Feedback never adds a placeholder."""
+    feedback = " ".join(feedback.replace(PLACEHOLDER, " ").split())
+    return template.format(feedback) if feedback else sketch_only_prompt
+
+
+def join_feedback(rounds: Sequence[str]) -> str:
+    """Rounds of feedback typed by a person, as one text: "red coat", "black bag" ->
+    "red coat, black bag" (blank rounds are dropped)."""
+    return ", ".join(text.strip() for text in rounds if text.strip())
 
 
 class TokenModel(nn.Module):
@@ -75,6 +78,7 @@ class TokenModel(nn.Module):
                                   f"once, with spaces around it (e.g. 'a photo of * , and {{}}')")
         self.weights = {"inversion": float(loss_cfg.inversion),
                         "alignment": float(loss_cfg.alignment)}
+        self.logit_scale_max = float(loss_cfg.logit_scale_max)
         self.register_buffer("prompt_tokens", tokenize(self.sketch_prompt, clip.context_length),
                              persistent=False)  # [1, L]
         for name, parameter in self.clip.named_parameters():
@@ -82,7 +86,8 @@ class TokenModel(nn.Module):
                 parameter.requires_grad_(False)
 
     def logit_scale(self) -> torch.Tensor:
-        return self.clip.logit_scale.exp().clamp(max=100.0)
+        # Frozen in this stage (part of TEXT_TOWER), so only the value cap matters.
+        return clamped_logit_scale(self.clip.logit_scale, self.logit_scale_max)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised image (photo or sketch) features [B, E]."""
@@ -99,13 +104,23 @@ class TokenModel(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         """batch: sketch [B,3,H,W] and a photo of the same person [B,3,H,W]."""
+        return self.losses(self.features(batch))
+
+    def features(self, batch: dict) -> dict:
+        """Normalised features [B, E] of one (micro-)batch: sketch, photo, and the query
+        "a photo of *" composed from the sketch."""
         batch_size = batch["sketch"].shape[0]
         raw = self.clip.encode_image(torch.cat([batch["sketch"], batch["photo"]]))
         sketch_raw, photo_raw = raw[:batch_size], raw[batch_size:]
         query = self.compose(sketch_raw, self.prompt_tokens.expand(batch_size, -1))
-        sketches = gather_with_grad(F.normalize(sketch_raw, dim=-1))
-        photos = gather_with_grad(F.normalize(photo_raw, dim=-1))
-        queries = gather_with_grad(query)
+        return {"sketch": F.normalize(sketch_raw, dim=-1),
+                "photo": F.normalize(photo_raw, dim=-1), "query": query}
+
+    def losses(self, feats: dict, labels: torch.Tensor | None = None) -> dict:
+        """Inversion (sketch <-> query) and alignment (photo <-> query) over the global
+        batch; each sketch's positive is its own query (``labels`` are not used)."""
+        sketches, photos, queries = (gather_with_grad(feats[key])
+                                     for key in ("sketch", "photo", "query"))
         scale = self.logit_scale()
         losses = {}
         if self.weights["inversion"] > 0:

@@ -34,7 +34,8 @@ def tiny_overrides(clip_path, data_root, output_dir, **extra):
     """KEY=VALUE overrides for a seconds-long CPU run with the tiny CLIP."""
     values = {"device": "cpu", "model.pretrained": str(clip_path), "data.root": str(data_root),
               "output_dir": str(output_dir), "model.image_size": "[32,16]",
-              "data.num_workers": 0, "train.batch_size": 8, "train.epochs": 1,
+              "data.num_workers": 0, "train.batch_size": 8, "train.global_batch": 0,
+              "train.epochs": 1,
               "train.log_every": 1000, "test.batch_size": 64}
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]

@@ -62,6 +62,21 @@ def test_train_step_prints_one_sane_json_line(stage, clip_file, capsys):
     assert math.isfinite(record["loss"])
 
 
+def test_accumulated_step_reports_the_contrastive_batch(clip_file, capsys):
+    # One step from the same start, dropout off: the loss of the step before it updates.
+    first = ("--warmup", "0", "--steps", "1", "model.text_dropout=0", "model.mapping_dropout=0")
+    record = bench_train_step.main(tiny_step_args("adapt", clip_file, "--accum-steps", "3",
+                                                  *first))
+    assert record["accum_steps"] == 3 and record["batch_size"] == 4
+    assert record["contrastive_batch"] == 12
+    assert positive(record["peak_mem_mb"]) and math.isfinite(record["loss"])
+    plain = bench_train_step.main(tiny_step_args("adapt", clip_file, "--batch-size", "12",
+                                                 *first))
+    # The same 12 samples, model and seed: the same loss, one contrastive batch either way.
+    assert plain["contrastive_batch"] == 12
+    assert abs(plain["loss"] - record["loss"]) < 1e-3
+
+
 def test_reference_style_step_runs_and_restores_attention(clip_file, capsys):
     original = SelfAttention.__dict__["forward"]
     record = bench_train_step.main(tiny_step_args(

@@ -68,7 +68,8 @@ def test_sampler_shares_each_global_batch_between_processes():
 
 
 def test_cpu_trains_in_fp32():
-    assert amp_dtype(torch.device("cpu"), EasyDict(train={"amp": True})) is None
+    assert amp_dtype(torch.device("cpu"),
+                     EasyDict(train={"amp": True, "amp_dtype": "float16"})) is None
 
 
 def test_to_cpu_keeps_the_structure():

@@ -58,15 +58,32 @@ def test_reverse_kl_matches_a_direct_sum():
     labels = torch.tensor([0, 1, 1, 2, 3, 4])
     scale, eps = torch.tensor(15.0), 1e-2
     logits = scale * a @ b.t()
-    q = identity_targets(labels) + eps
-    q = q / q.sum(1, keepdim=True)
+    q = identity_targets(labels) + eps  # not renormalised, as TBPS-CLIP
     total = 0.0
     for direction in (logits, logits.t()):
         p = direction.softmax(1)
         total += sum(p[i, j] * (p[i, j].log() - q[i, j].log())
                      for i in range(6) for j in range(6)) / 6
     assert torch.allclose(reverse_kl_loss(a, b, labels, scale, eps), total / 2, atol=1e-6)
-    assert reverse_kl_loss(a, b, labels, scale, eps) >= 0
+
+
+def test_reverse_kl_unnormalised_targets_shift_the_value_not_the_gradient():
+    """Renormalising the targets (a proper KL) moves the loss by log(1 + B eps) and leaves
+    the gradient as it is."""
+    a, b = features(seed=4)
+    a.requires_grad_()
+    labels = torch.tensor([0, 1, 1, 2, 3, 4])
+    scale, eps = torch.tensor(15.0), 1e-2
+    loss = reverse_kl_loss(a, b, labels, scale, eps)
+    (grad,) = torch.autograd.grad(loss, a)
+    logits = scale * a @ b.t()
+    q = identity_targets(labels) + eps
+    log_q = (q / q.sum(1, keepdim=True)).log()
+    proper = sum((d.log_softmax(1).exp() * (d.log_softmax(1) - log_q)).sum(1).mean()
+                 for d in (logits, logits.t())) / 2
+    (proper_grad,) = torch.autograd.grad(proper, a)
+    assert torch.allclose(proper - loss, torch.log(torch.tensor(1 + 6 * eps)), atol=1e-5)
+    assert torch.allclose(grad, proper_grad, atol=1e-6)
 
 
 def _free_port() -> int:
@@ -76,8 +93,8 @@ def _free_port() -> int:
 
 
 def _loss_cfg(**weights):
-    cfg = dict(nitc=1.0, nisc=1.0, ritc=1.0, ritc_eps=1e-2, id=0.0, citc=0.5, citc_lambda1=0.25,
-               citc_lambda2=0.25, ss=0.0, ss_temperature=0.1, separate_soft_target_pass=False)
+    from utils.config import defaults
+    cfg = {**defaults()["loss"], "citc": 0.5}
     cfg.update(weights)
     return EasyDict(cfg)
 
@@ -166,7 +183,8 @@ def test_every_stage1_loss_can_be_switched_on(tiny_clip_path):
 
 
 def test_separate_soft_target_pass_gives_the_same_losses(tiny_clip_path):
-    """CLIP has no dropout, so the reference's extra no-grad pass computes the same features."""
+    """Without the text tower's dropout (off in a bare ``load_clip``), the reference's extra
+    no-grad pass computes the same features."""
     shared = _adapt_model(tiny_clip_path)
     separate = _adapt_model(tiny_clip_path)
     separate.separate_soft_target_pass = True

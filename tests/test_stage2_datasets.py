@@ -12,7 +12,7 @@ import scipy.io
 
 from datasets import market_sketch, pku_sketch
 from datasets import synthetic as S
-from datasets.base import split_clauses
+from datasets.captions import clause_pieces, feedback_rounds, pre_caption
 from utils.errors import DatasetError
 
 SCALE = 0.1  # 12 Market people, 20 PKU people
@@ -79,72 +79,38 @@ def test_market_eval_counts_match_disk(generated):
     assert ev.sketch_ids == [_market_id(p) for p in queries] == ev.text_ids
     assert ev.gallery_cams is None and ev.sketch_cams is None
     assert len(ev.feedback) == len(queries)
-    assert ev.text_queries == [", ".join(phrases) for phrases in ev.feedback]
-    assert not any("*" in phrase for phrases in ev.feedback for phrase in phrases)
+    assert ev.text_queries == ev.feedback
+    assert not any("*" in text for text in ev.feedback)
 
 
-def _expected_phrases(person) -> list:
-    """The phrases a person should get, worked out from the generator's own drawing."""
+def _expected_sentence(person) -> str:
+    """The sentence a person should get, worked out from the generator's own drawing with
+    the paper's pattern ("A/An <age> <gender> with <hair> hair. <He/She> is in ...")."""
     sil = person.sil
-    if sil.age == "teenager":
-        who = "a teenage " + {"male": "boy", "female": "girl"}[sil.gender]
-    else:
-        who = ({"young": "a young", "adult": "an adult", "old": "an old"}[sil.age] + " "
-               + {"male": "man", "female": "woman"}[sil.gender])
-    phrases = [who, f"with {sil.hair} hair"]
+    article = "An" if sil.age in ("adult", "old") else "A"
+    gender, pronoun = {"male": ("man", "He"), "female": ("woman", "She")}[sil.gender]
     top = " and ".join(c for c in S.UP_COLOURS if c in person.top)
-    phrases.append(f"wearing a {top} {sil.sleeve}-sleeved top")
     length = "long" if sil.lower_long else "short"
-    if sil.lower in ("skirt", "dress"):
-        phrases.append(f"a {length} {person.lower_colour} dress")
-    else:
-        phrases.append(f"{length} {person.lower_colour} {sil.lower}")
-    if sil.bag != "none":
-        phrases.append(f"carrying a {sil.bag}")
-    if sil.hat:
-        phrases.append("wearing a hat")
-    return phrases
+    garment = "dress" if sil.lower in ("skirt", "dress") else "pants"
+    carried = [thing for thing, on in (("a hat", sil.hat),
+                                       ("a " + sil.bag, sil.bag != "none")) if on]
+    return (f"{article} {sil.age} {gender} with {sil.hair} hair. {pronoun} is in {top} "
+            f"{sil.sleeve} sleeve clothes, and wears {person.lower_colour} {length} {garment}"
+            + (" with " + " and ".join(carried) + "." if carried else "."))
 
 
 def test_market_feedback_agrees_with_generated_people(generated):
     root, persons = generated
     ev = market_sketch.eval_set(root, "test")
     people = persons["mask1k"]
-    for pid, phrases in zip(ev.sketch_ids, ev.feedback):
-        assert phrases == _expected_phrases(people[pid]), pid
-        assert phrases == market_sketch.attribute_phrases(people[pid].market_attributes())
+    for pid, text in zip(ev.sketch_ids, ev.feedback):
+        assert text == _expected_sentence(people[pid]), pid
+        assert text == market_sketch.feedback_sentence(people[pid].market_attributes())
 
 
 FULL = {"gender": 2, "age": 1, "hair": 2, "up": 2, "upred": 2, "upwhite": 2,
         "clothes": 2, "down": 1, "downblack": 2, "backpack": 2, "handbag": 2, "bag": 1,
         "hat": 2}
-
-
-@pytest.mark.parametrize("attributes, expected", [
-    (FULL, ["a young woman", "with long hair", "wearing a white and red short-sleeved top",
-            "long black trousers", "carrying a backpack and a handbag", "wearing a hat"]),
-    ({"gender": 1, "age": 3, "hair": 1, "up": 1, "clothes": 2, "down": 2, "downblue": 2,
-      "bag": 2, "hat": 1},
-     ["an adult man", "with short hair", "wearing a long-sleeved top", "short blue shorts",
-      "carrying a bag"]),
-    ({"gender": 2, "age": 2, "clothes": 1, "down": 1, "downpink": 2, "downwhite": 2},
-     ["a teenage girl", "a long white and pink dress"]),
-    ({"gender": 1, "age": 4, "upblack": 2, "upgray": 2, "upgreen": 2},
-     ["an old man", "wearing a black, gray and green top"]),
-    ({}, []),
-])
-def test_attribute_phrases_by_hand(attributes, expected):
-    colours_off = {field: 1 for field in market_sketch.ATTRIBUTE_FIELDS
-                   if field.startswith(("up", "down")) and field not in ("up", "down")}
-    assert market_sketch.attribute_phrases({**colours_off, **attributes}) == expected
-    assert market_sketch.attribute_phrases(attributes) == expected
-
-
-def test_attribute_phrase_order_is_fixed():
-    shuffled = list(FULL.items())
-    random.Random(1).shuffle(shuffled)
-    assert market_sketch.attribute_phrases(dict(shuffled)) == \
-        market_sketch.attribute_phrases(FULL)
 
 
 def _mat_part(people: dict, fields: list) -> dict:
@@ -177,8 +143,8 @@ def test_read_attributes_by_field_name(tmp_path):
     for pid, given in {**train, **test}.items():
         assert attributes[pid] == {field: given.get(field, 1)
                                    for field in market_sketch.ATTRIBUTE_FIELDS}
-    assert market_sketch.attribute_phrases(attributes[1500])[:2] == ["a young woman",
-                                                                      "with long hair"]
+    assert market_sketch.feedback_sentence(attributes[1500]).startswith(
+        "A young woman with long hair. She is in")
 
 
 def test_read_attributes_names_missing_field(tmp_path):
@@ -291,9 +257,9 @@ def test_pku_caption_choice_deterministic_and_seeded(generated):
     first = pku_sketch.eval_set(root, 1, 0, "test")
     assert pku_sketch.eval_set(root, 1, 0, "test").text_queries == first.text_queries
     lines = (root / "PKU-Sketch" / "TriReID.txt").read_text().splitlines()
-    for pid, text, phrases in zip(first.sketch_ids, first.text_queries, first.feedback):
+    for pid, text, feedback in zip(first.sketch_ids, first.text_queries, first.feedback):
         assert f"{pid}/{pid}_1.jpg@{text}" in lines or f"{pid}/{pid}_2.jpg@{text}" in lines
-        assert phrases == split_clauses(text) and len(phrases) >= 2
+        assert feedback == text  # the raw caption, as written
     assert first.text_ids == first.sketch_ids
     by_seed = {tuple(pku_sketch.eval_set(root, 1, seed, "test").text_queries)
                for seed in range(8)}
@@ -309,7 +275,7 @@ def test_pku_person_without_caption(generated, tmp_path, caplog):
                                 if not line.startswith(f"{gone}/")))
     with caplog.at_level(logging.WARNING, logger="datasets.pku_sketch"):
         ev = pku_sketch.eval_set(root, 1, 0, "test")
-    assert ev.feedback[0] == [] and ev.text_queries[0] == ""
+    assert ev.feedback[0] == "" and ev.text_queries[0] == ""
     assert ev.feedback[1:] == first.feedback[1:]
     assert "1 of 5 test sketches have no caption" in caplog.text
 
@@ -336,21 +302,49 @@ def test_pku_errors(generated, tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# split_clauses
+# Caption text: pre_caption and the clauses of feedback rounds
 # ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, expected", [
     ("A man wearing a gray sweater, pink shorts and brown shoes. He has short black hair "
      "and holds a green handbag.",
-     ["A man wearing a gray sweater", "pink shorts and brown shoes",
-      "He has short black hair", "holds a green handbag"]),
+     ["A man wearing a gray sweater,", "pink shorts and brown shoes.",
+      "He has short black hair", "and holds a green handbag."]),
     ("the woman is wearing a white top with a long black skirt; she carries a bag",
-     ["the woman is wearing a white top", "with a long black skirt", "she carries a bag"]),
+     ["the woman is wearing a white top", "with a long black skirt;", "she carries a bag"]),
     ("a man with a black and white striped shirt", ["a man with a black and white striped shirt"]),
-    ("a photo of * , and  * red shoes ..", ["a photo of", "and red shoes"]),
+    ("A teenager man with short hair. He is in black short sleeve clothes, and wears blue "
+     "long pants with a backpack.",
+     ["A teenager man with short hair.", "He is in black short sleeve clothes,",
+      "and wears blue long pants with a backpack."]),
     ("", []),
-    (" ;. , ", []),
 ])
-def test_split_clauses(text, expected):
-    assert split_clauses(text) == expected
-    assert split_clauses(text) == split_clauses(text)
+def test_clause_pieces(text, expected):
+    assert clause_pieces(text) == expected
+    assert " ".join(clause_pieces(text)) == " ".join(text.split())
+
+
+def test_feedback_rounds_grow_to_the_whole_text():
+    text = "A man in a red coat, black trousers. He carries a bag."
+    rounds = feedback_rounds(text, 5)
+    assert rounds == ["", "A man in a red coat,", "A man in a red coat, black trousers.",
+                      text, text, text]
+    assert feedback_rounds("", 2) == ["", "", ""]
+
+
+@pytest.mark.parametrize("caption, expected", [
+    # Hand-derived from the reference's rules: lower-case; . ! " ( ) * # : ; ~ become
+    # spaces; runs of 2+ whitespace become one space; spaces trimmed at both ends.
+    ("A man in a Red shirt. He carries a bag.", "a man in a red shirt he carries a bag"),
+    ('She wears "blue" jeans (ripped); and: boots!~#*', "she wears blue jeans ripped and boots"),
+    ("  commas, stay,  as do-dashes/slashes ", "commas, stay, as do-dashes/slashes"),
+    ("tab\tstays but\t\ttabs collapse", "tab\tstays but tabs collapse"),
+    ("", ""),
+])
+def test_pre_caption(caption, expected):
+    assert pre_caption(caption) == expected
+
+
+def test_pre_caption_keeps_77_words():
+    assert pre_caption(" ".join(f"w{i}" for i in range(100))).split() == \
+        [f"w{i}" for i in range(77)]

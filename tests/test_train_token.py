@@ -15,7 +15,7 @@ from tests.conftest import run_token, tiny_overrides
 from utils.config import REPO_ROOT
 
 
-def test_market_run_and_test_tasks(market_run, stage1_run, tmp_path):
+def test_market_run_and_test_tasks(market_run, stage1_run, synthetic_root, tmp_path):
     checkpoint = torch.load(market_run / "checkpoint_best.pth", weights_only=True)
     assert checkpoint["stage"] == "token"
     assert any(key.startswith("img2text.") for key in checkpoint["model"])
@@ -40,6 +40,24 @@ def test_market_run_and_test_tasks(market_run, stage1_run, tmp_path):
     # The evaluation during training and test.py agree.
     record = json.loads((market_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["test"]["tasks"]["interactive"] == results["tasks"]["interactive"]
+    assert "queries" not in record["test"]
+
+    # queries.json: each query's sketch, person and the exact texts that were encoded.
+    from datasets import market_sketch
+    asked = json.loads((out / "queries.json").read_text())
+    assert asked["dataset"] == "mask1k"
+    eval_set = market_sketch.eval_set(synthetic_root, "test")
+    assert [q["image"] for q in asked["queries"]] == [str(p) for p in eval_set.sketch_paths]
+    assert [q["person_id"] for q in asked["queries"]] == eval_set.sketch_ids
+    attributes = market_sketch.read_attributes(
+        synthetic_root / "Market-Sketch-1K" / "market_attribute.mat")
+    for query in asked["queries"]:
+        sentence = market_sketch.feedback_sentence(attributes[query["person_id"]])
+        assert query["texts"]["text_only"] == sentence
+        assert query["texts"]["interactive"] == f"a photo of * , and {sentence}"
+        assert query["texts"]["rounds"][0] == "a photo of *"
+        assert len(query["texts"]["rounds"]) == 4  # rounds 0..3: a growing prefix
+        assert query["texts"]["interactive"].startswith(query["texts"]["rounds"][-1])
 
 
 def test_stage2_refuses_a_stage2_checkpoint_as_init(tiny_clip_path, synthetic_root, market_run,

@@ -3,23 +3,33 @@
 A checkpoint is a dict of tensors and plain Python values only, so it always loads with
 ``torch.load(weights_only=True)``:
 ``{"stage", "model", "config", "epoch", "step", "optimizer", "scaler", "best_score",
-"rng", ...}``.
+"rng", ...}``. Checkpoints of the paper's own code are read too and converted on the fly
+(``utils.reference_checkpoint``); their config is an ``easydict.EasyDict``, which is read as
+plain dicts without running any code from the file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import re
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from model.clip import UNREADABLE_FILE_ERRORS
-from utils.errors import UserError
+from utils.errors import UNREADABLE_FILE_ERRORS, UserError
+from utils.reference_checkpoint import LAYOUTS, SCRIPT_NAMES, from_reference
 
 CHECKPOINT_NAMES = ("checkpoint_last.pth", "checkpoint_best.pth")
 STAGE_NAMES = {"adapt": "stage 1 (train_adapt.py)", "token": "stage 2 (train_token.py)"}
+# The reference code pickles its config as an easydict.EasyDict (a dict subclass whose
+# pickle sets items, which the weights-only reader allows on plain dict types only): it is
+# read as an OrderedDict instead, never constructed, so easydict need not even be installed.
+# Naming a stand-in for a global takes torch >= 2.6.
+READ_AS = [(OrderedDict, "easydict.EasyDict")]
 
 
 def save_atomic(state: dict, path: str | Path) -> None:
@@ -44,7 +54,8 @@ def save_atomic(state: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict:
-    """Read a project checkpoint (weights only); errors name the file and what was expected."""
+    """Read a project checkpoint, or one of the reference code converted to ours (weights
+    only); errors name the file and what was expected."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a checkpoint file such as "
@@ -52,18 +63,45 @@ def load_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with _reference_config_readable():
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except UNREADABLE_FILE_ERRORS as error:
-        raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0][:200]}"
-                        ) from None
+        raise UserError(f"cannot read checkpoint {path}: {_why_unreadable(error)}") from None
     if not isinstance(checkpoint, dict) or not {"model", "config", "stage"} <= checkpoint.keys():
-        raise UserError(f"{path} is not a checkpoint of this project (expected a dict with "
-                        "'model', 'config' and 'stage'; an OpenAI CLIP file goes in "
-                        "model.pretrained)")
+        checkpoint = from_reference(checkpoint, path)
+    if checkpoint is None:
+        raise UserError(f"{path} is not a checkpoint of this project (a dict with 'model', "
+                        "'config' and 'stage') nor of the paper's reference code "
+                        f"({LAYOUTS}); an OpenAI CLIP file goes in model.pretrained")
     if expected_stage is not None and checkpoint["stage"] != expected_stage:
-        raise UserError(f"{path} is a {STAGE_NAMES.get(checkpoint['stage'], checkpoint['stage'])} "
+        names = SCRIPT_NAMES if checkpoint.get("source") == "reference" else STAGE_NAMES
+        raise UserError(f"{path} is a {names.get(checkpoint['stage'], checkpoint['stage'])} "
                         f"checkpoint; expected a {STAGE_NAMES[expected_stage]} checkpoint")
     return checkpoint
+
+
+def _reference_config_readable():
+    """Context in which ``torch.load(weights_only=True)`` reads EasyDict configs as dicts."""
+    version = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if version < (2, 6):
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals(READ_AS)
+
+
+def _why_unreadable(error: Exception) -> str:
+    """One line out of torch.load's many-line error."""
+    message = str(error)
+    refused = re.search(r"GLOBAL ([\w.]+) was not an allowed global", message)
+    if refused:
+        hint = (" (reading the reference code's EasyDict config needs torch >= 2.6)"
+                if refused.group(1) == "easydict.EasyDict" else "")
+        return (f"it holds a pickled {refused.group(1)}, and only tensors, plain Python values "
+                f"and EasyDict configs are read from checkpoints (reading other classes could "
+                f"run code from the file){hint}")
+    detail = re.search(r"WeightsUnpickler error: *\n*(.+)", message)
+    if detail:
+        return f"not readable as weights only ({detail.group(1).strip()[:200]})"
+    return message.splitlines()[0][:200] if message else type(error).__name__
 
 
 def random_states() -> dict:

@@ -76,6 +76,28 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def average_gradients(parameters, bucket_bytes: int = 25 * 2 ** 20) -> None:
+    """Average ``.grad`` over all processes (what DDP does after backward), in flat buckets
+    of about ``bucket_bytes``; parameters without a gradient are left alone."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    world = dist.get_world_size()
+    bucket, size = [], 0
+    for index, grad in enumerate(grads):
+        bucket.append(grad)
+        size += grad.numel() * grad.element_size()
+        if size >= bucket_bytes or index == len(grads) - 1:
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            flat /= world
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+            bucket, size = [], 0
+
+
 def cleanup(wait: bool = True) -> None:
     """Leave the process group; with ``wait``, once every process got here (gloo aborts a
     process whose peers leave first). After an error, don't wait for peers that may be stuck."""

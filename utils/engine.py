@@ -19,9 +19,10 @@ from utils import distributed
 from utils.checkpoint import (CHECKPOINT_NAMES, load_checkpoint, random_states,
                               restore_random_states, save_atomic)
 from utils.config import save_config, to_plain
-from utils.errors import UserError
-from utils.evaluation import autocast, format_table, results_rows
+from utils.errors import ConfigError, UserError
+from utils.evaluation import format_table, results_rows
 from utils.logger import setup_logging
+from utils.precision import autocast, autocast_dtype
 from utils.schedule import learning_rate
 
 log = logging.getLogger(__name__)
@@ -86,28 +87,110 @@ def to_cpu(value):
 
 
 def amp_dtype(device: torch.device, cfg):
-    """Autocast dtype of training: bf16 on CUDA where supported, else fp16; None (fp32) on
-    the CPU or with ``train.amp=false``."""
-    if device.type != "cuda" or not cfg.train.amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """Autocast dtype of training (``train.amp``, ``train.amp_dtype``): None (float32) on the
+    CPU or with ``train.amp=false``."""
+    return autocast_dtype(device, cfg.train.amp, cfg.train.amp_dtype)
 
 
-def train_step(train_model, optimizer, scaler, batch: dict, loss_inputs: dict, device,
-               dtype, grad_clip: float = 0.0) -> tuple:
-    """One optimizer step: forward under autocast, sum of the ``*_loss`` terms, scaled
-    backward, optional clipping, step. Returns (total loss, dict of loss terms)."""
-    with autocast(device, dtype is not None):
-        losses = train_model(batch, **loss_inputs)
-    loss = sum(losses.values())
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+def accumulation_steps(cfg, world_size: int) -> int:
+    """Micro-batches per optimizer step: from ``train.global_batch`` (the contrastive batch
+    over all processes) when set, else ``train.accum_steps``."""
+    accum = cfg.train.accum_steps
+    if accum < 1:
+        raise ConfigError(f"train.accum_steps={accum} must be at least 1")
+    target = cfg.train.global_batch
+    if not target:
+        return accum
+    per_micro_batch = cfg.train.batch_size * world_size
+    if target < 0 or target % per_micro_batch:
+        raise ConfigError(f"train.global_batch={target} is not a multiple of train.batch_size "
+                          f"x processes = {cfg.train.batch_size} x {world_size}; change "
+                          "train.batch_size (or train.global_batch=0 to turn it off)")
+    derived = target // per_micro_batch
+    if accum not in (1, derived):
+        raise ConfigError(f"train.accum_steps={accum} contradicts train.global_batch={target} "
+                          f"({derived} steps of {cfg.train.batch_size} x {world_size}); set one")
+    return derived
+
+
+def _optimizer_step(optimizer, scaler, grad_clip: float) -> None:
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(optimizer)
     scaler.update()
+
+
+def train_step(train_model, optimizer, scaler, batch: dict, loss_inputs: dict, device,
+               dtype, grad_clip: float = 0.0) -> tuple:
+    """One optimizer step: forward under autocast, sum of the ``*_loss`` terms, scaled
+    backward, optional clipping, step. Returns (total loss, dict of loss terms)."""
+    with autocast(device, dtype):
+        losses = train_model(batch, **loss_inputs)
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    _optimizer_step(optimizer, scaler, grad_clip)
+    return loss.detach(), losses
+
+
+def _random_state(device: torch.device):
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_random_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def accumulated_step(model, optimizer, scaler, micro_batches: list, loss_inputs: dict, device,
+                     dtype, grad_clip: float = 0.0) -> tuple:
+    """One optimizer step whose contrastive batch is all of ``micro_batches``, with the
+    activation memory of one (feature caching, after Gao et al., "Scaling Deep Contrastive
+    Learning Batch Size under Memory Limited Setup", 2021):
+
+    1. every micro-batch's features, without a graph, keeping the random state each began
+       with (dropout);
+    2. the losses over all those features, backward to the features only;
+    3. each micro-batch again, from its kept random state (so dropout draws the same
+       masks), backward from its rows of the feature gradient.
+
+    The gradient equals that of one step on the whole batch. ``model`` has
+    ``features(batch)`` and ``losses(feats, labels, **loss_inputs)``; with several
+    processes, the gradients are averaged here (give the bare model, not DDP).
+    Returns (total loss, dict of loss terms).
+    """
+    states, cached = [], []
+    with torch.no_grad():
+        for batch in micro_batches:
+            states.append(_random_state(device))
+            with autocast(device, dtype):
+                cached.append(model.features(batch))
+    after_first_pass = _random_state(device)
+    leaves = {key: torch.cat([feats[key] for feats in cached]).requires_grad_()
+              for key in cached[0]}
+    labels = torch.cat([batch["label"] for batch in micro_batches])
+    with autocast(device, dtype):
+        losses = model.losses(leaves, labels, **loss_inputs)
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    grads = {key: leaf.grad for key, leaf in leaves.items() if leaf.grad is not None}
+    start = 0
+    for batch, state in zip(micro_batches, states):
+        stop = start + batch["label"].shape[0]
+        _set_random_state(state, device)
+        with autocast(device, dtype):
+            feats = model.features(batch)
+        torch.autograd.backward([feats[key] for key in grads],
+                                [grad[start:stop] for grad in grads.values()])
+        start = stop
+    _set_random_state(after_first_pass, device)
+    distributed.average_gradients(model.parameters())
+    _optimizer_step(optimizer, scaler, grad_clip)
     return loss.detach(), losses
 
 
@@ -163,19 +246,23 @@ class Trainer:
         self.select_on = stage.selection_split(cfg, trial)
         for split in {"test", self.select_on}:
             stage.eval_sets(cfg, split, trial)
+        self.accum_steps = accumulation_steps(cfg, distributed.world_size())
+        self.amp_dtype = amp_dtype(self.device, cfg)
         self.model = stage.build_model(cfg, self.train_set).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg, stage.lr_scales(cfg))
-        self.amp_dtype = amp_dtype(self.device, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.sampler = EpochSampler(len(self.train_set), cfg.train.batch_size, cfg.seed,
-                                    distributed.rank(), distributed.world_size())
+                                    distributed.rank(), distributed.world_size(),
+                                    self.accum_steps)
+        self.global_batch = cfg.train.batch_size * distributed.world_size() * self.accum_steps
         if self.sampler.batches_per_epoch == 0:
-            raise UserError(f"train.batch_size={cfg.train.batch_size} x {distributed.world_size()} "
-                            f"process(es) is larger than the {len(self.train_set)} training "
-                            "samples; lower train.batch_size")
+            raise UserError(f"the contrastive batch of {self.global_batch} (train.batch_size="
+                            f"{cfg.train.batch_size} x {distributed.world_size()} process(es) x "
+                            f"{self.accum_steps} accumulation step(s)) is larger than the "
+                            f"{len(self.train_set)} training samples; lower train.batch_size")
         self.loader = build_train_loader(self.train_set, self.sampler, cfg, self.device,
                                          stage.collate(cfg), seed=cfg.seed)
-        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.steps_per_epoch = self.sampler.batches_per_epoch // self.accum_steps
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
         self.epoch, self.step, self.best_score = 0, 0, -math.inf
@@ -193,6 +280,11 @@ class Trainer:
         log.info("%s: %d training samples, %s parameters trainable, %s frozen, device %s, "
                  "%d process(es)", stage.title, len(self.train_set), f"{trainable:,}",
                  f"{frozen:,}", self.device, distributed.world_size())
+        log.info("contrastive batch %d = %d per process x %d process(es) x %d accumulation "
+                 "step(s); %d optimizer steps per epoch; precision %s", self.global_batch,
+                 cfg.train.batch_size, distributed.world_size(), self.accum_steps,
+                 self.steps_per_epoch, "float32" if self.amp_dtype is None
+                 else f"{self.amp_dtype} autocast")
         self.train_model = self.model
         if distributed.world_size() > 1:
             self.train_model = DistributedDataParallel(
@@ -219,27 +311,40 @@ class Trainer:
                 self._save("checkpoint_last.pth")
         return history or {}
 
+    def _micro_batch_groups(self, loader):
+        """The loader's micro-batches on the device, ``accum_steps`` at a time."""
+        group = []
+        for batch in loader:
+            group.append({key: value.to(self.device, non_blocking=True)
+                          for key, value in batch.items()})
+            if len(group) == self.accum_steps:
+                yield group
+                group = []
+
+    def _step(self, group: list, loss_inputs: dict) -> tuple:
+        if self.accum_steps == 1:
+            return train_step(self.train_model, self.optimizer, self.scaler, group[0],
+                              loss_inputs, self.device, self.amp_dtype, self.cfg.train.grad_clip)
+        return accumulated_step(self.model, self.optimizer, self.scaler, group, loss_inputs,
+                                self.device, self.amp_dtype, self.cfg.train.grad_clip)
+
     def _train_epoch(self, guard: PreemptionGuard) -> bool:
         cfg = self.cfg
-        start_batch = self.step - self.epoch * self.steps_per_epoch
-        self.sampler.set_epoch(self.epoch, start_batch)
-        loader = self.loader
+        start_step = self.step - self.epoch * self.steps_per_epoch
+        self.sampler.set_epoch(self.epoch, start_step * self.accum_steps)
         self.train_model.train()
-        progress = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
-                        initial=start_batch, total=self.steps_per_epoch, disable=not self.main,
-                        dynamic_ncols=True)
+        progress = tqdm(self._micro_batch_groups(self.loader),
+                        desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", initial=start_step,
+                        total=self.steps_per_epoch, disable=not self.main, dynamic_ncols=True)
         skipped = 0
-        for batch in progress:
-            batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        for group in progress:
             lr = learning_rate(self.step, self.total_steps, self.warmup_steps, cfg.train.lr,
                                cfg.train.lr_start, cfg.train.lr_end)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
+            for param_group in self.optimizer.param_groups:
+                param_group["lr"] = lr * param_group["lr_scale"]
             step_in_epoch = self.step - self.epoch * self.steps_per_epoch
-            loss, losses = train_step(self.train_model, self.optimizer, self.scaler, batch,
-                                      self.stage.loss_inputs(cfg, self.epoch, step_in_epoch,
-                                                             self.steps_per_epoch),
-                                      self.device, self.amp_dtype, cfg.train.grad_clip)
+            loss, losses = self._step(group, self.stage.loss_inputs(
+                cfg, self.epoch, step_in_epoch, self.steps_per_epoch))
             if not torch.isfinite(loss):
                 # fp16: the grad scaler skipped this step; a few in a row are fine.
                 skipped += 1

@@ -8,7 +8,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pickle
 import sys
+import zipfile
+
+# What torch.load / torch.jit.load raise on a truncated, foreign or garbage file.
+UNREADABLE_FILE_ERRORS = (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError,
+                          TypeError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 class UserError(Exception):

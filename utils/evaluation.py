@@ -1,66 +1,65 @@
 """Feature extraction and retrieval evaluation shared by both stages."""
 from __future__ import annotations
 
-import contextlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.base import ImageListDataset
-from datasets.transforms import build_transform
 from model.tokenizer import tokenize
 from utils.distributed import is_main
 from utils.metrics import rank_metrics
+from utils.precision import autocast, autocast_dtype
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (fp16 where bf16 is missing); nothing on CPU."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+def eval_dtype(device: torch.device, cfg):
+    """Autocast dtype of evaluation and search: ``test.amp`` (off: float32, as the paper)."""
+    return autocast_dtype(device, cfg.test.amp, cfg.train.amp_dtype)
 
 
 @torch.no_grad()
-def encode_images(encode, paths: Sequence, image_size, device: torch.device, batch_size: int = 128,
-                  num_workers: int = 0, desc: str = "images", amp: bool = True) -> torch.Tensor:
+def encode_images(encode, paths: Sequence, transform: Callable, device: torch.device,
+                  batch_size: int = 128, num_workers: int = 0, desc: str = "images",
+                  dtype=None) -> torch.Tensor:
     """Features [N, E] (float32, on ``device``) of the images at ``paths``; ``encode`` maps a
-    batch of images to features (e.g. ``model.encode_image``, normalised)."""
-    loader = DataLoader(ImageListDataset(paths, build_transform(image_size)),
-                        batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    batch of images to features (e.g. ``model.encode_image``, normalised), ``transform``
+    prepares one image (``datasets.transforms.eval_transform``)."""
+    loader = DataLoader(ImageListDataset(paths, transform), batch_size=batch_size,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
     feats = []
     for images, _ in tqdm(loader, desc=desc, leave=False, disable=not is_main()):
-        with autocast(device, amp):
+        with autocast(device, dtype):
             feats.append(encode(images.to(device, non_blocking=True)).float())
     return torch.cat(feats)
 
 
 @torch.no_grad()
 def encode_texts(model, texts: Sequence[str], context_length: int, device: torch.device,
-                 batch_size: int = 128, amp: bool = True) -> torch.Tensor:
+                 batch_size: int = 128, dtype=None) -> torch.Tensor:
     """Normalised features [N, E] of ``texts``."""
     feats = []
     for start in tqdm(range(0, len(texts), batch_size), desc="texts", leave=False,
                       disable=not is_main()):
         tokens = tokenize(list(texts[start:start + batch_size]), context_length).to(device)
-        with autocast(device, amp):
+        with autocast(device, dtype):
             feats.append(model.encode_text(tokens).float())
     return torch.cat(feats)
 
 
 def retrieval(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query_ids, gallery_ids,
-              query_cams=None, gallery_cams=None) -> dict:
-    """Cosine-similarity ranking of a gallery for each query -> R1/R5/R10/mAP/mINP (%)."""
+              query_cams=None, gallery_cams=None, rank_denominator: str = "valid") -> dict:
+    """Cosine-similarity ranking of a gallery for each query -> R1/R5/R10/mAP/mINP (%).
+    ``rank_denominator``: see ``utils.metrics.rank_metrics``."""
     similarity = query_feats @ gallery_feats.t()  # [Q, G]
     as_tensor = (lambda values: None if values is None
                  else torch.as_tensor(values, device=similarity.device))
     return rank_metrics(similarity, as_tensor(query_ids), as_tensor(gallery_ids),
-                        as_tensor(query_cams), as_tensor(gallery_cams))
+                        as_tensor(query_cams), as_tensor(gallery_cams),
+                        rank_denominator=rank_denominator)
 
 
 def format_table(rows: dict, title: str = "") -> str:

@@ -11,13 +11,14 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from datasets.transforms import build_transform
-from model.token import compose_query
+from datasets.transforms import eval_transform
+from model.token import join_feedback
 from utils.checkpoint import UNREADABLE_FILE_ERRORS, load_checkpoint, save_atomic
 from utils.config import load_config
 from utils.distributed import resolve_device
 from utils.errors import UserError
-from utils.evaluation import autocast, encode_images
+from utils.evaluation import encode_images, eval_dtype
+from utils.precision import autocast
 from utils.stages import TokenStage
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,14 @@ class SearchEngine:
         self.stage = TokenStage()
         self.model = self.stage.model_from_checkpoint(state, self.cfg, str(self.checkpoint_path))
         self.model = self.model.to(self.device).eval()
-        # What the stored features depend on: the weights (this file) and the input size.
+        self.transform = eval_transform(self.cfg)
+        self.dtype = eval_dtype(self.device, self.cfg)
+        # What the stored features depend on: the weights (this file), how images are
+        # prepared and the precision.
         signature = file_signature(self.checkpoint_path)
-        self.model_key = f"{self.checkpoint_path.resolve()}:{signature[0]}:{signature[1]}:" \
-                         f"{list(self.cfg.model.image_size)}"
-        self.transform = build_transform(self.cfg.model.image_size)
+        self.model_key = (f"{self.checkpoint_path.resolve()}:{signature[0]}:{signature[1]}:"
+                          f"{list(self.cfg.model.image_size)}:{self.cfg.data.normalize}:"
+                          f"{self.cfg.data.test_interpolation}:{self.dtype}")
         self.index_path = Path(index) if index else default_index_path(self.checkpoint_path,
                                                                        self.gallery)
         self.paths, self.features = self._load_or_build_index()
@@ -114,8 +118,8 @@ class SearchEngine:
             log.info("embedding %d of %d gallery photos (%d reused from %s)", len(todo),
                      len(paths), len(reusable), self.index_path)
             encoded = encode_images(self.model.encode_image, [self.gallery / p for p in todo],
-                                    self.cfg.model.image_size, self.device,
-                                    self.cfg.test.batch_size, desc="gallery").cpu()
+                                    self.transform, self.device, self.cfg.test.batch_size,
+                                    desc="gallery", dtype=self.dtype).cpu()
             features.update(zip(todo, encoded))
         matrix = torch.stack([features[p] for p in paths])  # [G, E]
         if todo or len(paths) != len(stored["paths"]):
@@ -126,7 +130,7 @@ class SearchEngine:
 
     # ------------------------------------------------------------------------- query
     def query_text(self, feedback: Sequence[str]) -> str:
-        return compose_query(self.cfg.model.prompt, feedback, self.cfg.model.sketch_prompt)
+        return self.stage.query_texts([join_feedback(feedback)], self.cfg)[0]
 
     @torch.no_grad()
     def search(self, sketch: Image.Image, feedback: Sequence[str] = (), topk: int = 10) -> list:
@@ -134,10 +138,10 @@ class SearchEngine:
         the feedback so far (each entry one round, joined after "a photo of * , and")."""
         images = self.transform(sketch.convert("RGB")).unsqueeze(0).to(self.device)
         with self.lock:
-            with autocast(self.device, self.cfg.train.amp):
+            with autocast(self.device, self.dtype):
                 sketch_feats = self.model.clip.encode_image(images).float()
-            query = self.stage.composed_features(self.model, sketch_feats, [list(feedback)],
-                                                 self.cfg, self.device)
+            query = self.stage.composed_features(self.model, sketch_feats,
+                                                 [join_feedback(feedback)], self.cfg, self.device)
             scores = (query @ self.features.t())[0]
         best = scores.topk(min(topk, len(self.paths)))
         return [(self.paths[i], float(s)) for s, i in zip(best.values.tolist(),

@@ -146,9 +146,12 @@ def _per_query(ranks: torch.Tensor, junk: torch.Tensor, counts: torch.Tensor):
     return first, last, ap, n_good
 
 
+RANK_DENOMINATORS = ("valid", "all")
+
+
 def rank_metrics(similarity, query_ids, gallery_ids, query_cams=None,
-                 gallery_cams=None, chunk_size: Optional[int] = None
-                 ) -> Dict[str, float]:
+                 gallery_cams=None, chunk_size: Optional[int] = None,
+                 rank_denominator: str = "valid") -> Dict[str, float]:
     """CMC rank-1/5/10, mAP and mINP under the Market-1501 protocol.
 
     Args:
@@ -161,6 +164,10 @@ def rank_metrics(similarity, query_ids, gallery_ids, query_cams=None,
         chunk_size: queries processed at a time. The default keeps one
             chunk's scratch memory within ~256 MB (much less on CPU, where
             small blocks are faster); extra memory is O(chunk_size * G + Q).
+        rank_denominator: "valid" (the Market-1501 protocol) divides rank-k
+            by the queries that have a correct match left; "all" divides by
+            every query, so one left without a match counts as a miss (as the
+            paper's code does). mAP and mINP always average valid queries.
 
     Protocol: galleries are ranked by descending similarity, ties broken by
     gallery index (as a stable sort would). Queries with no same-identity
@@ -174,6 +181,9 @@ def rank_metrics(similarity, query_ids, gallery_ids, query_cams=None,
     Raises:
         ValueError: on bad shapes, NaN scores, or when no query is valid.
     """
+    if rank_denominator not in RANK_DENOMINATORS:
+        raise ValueError(f"rank_denominator must be one of {RANK_DENOMINATORS}, got "
+                         f"{rank_denominator!r}")
     sim = similarity if isinstance(similarity, torch.Tensor) else torch.as_tensor(
         np.asarray(similarity))
     if sim.dim() != 2:
@@ -271,9 +281,10 @@ def rank_metrics(similarity, query_ids, gallery_ids, query_cams=None,
             "no valid query: no query has a same-identity gallery entry left "
             "after removing same-identity same-camera entries")
     out = {}
+    n_ranked = n_valid if rank_denominator == "valid" else n_q
     for k in (1, 5, 10):
         hits = int((valid_all & (first_all <= k)).sum())
-        out[f"R{k}"] = 100.0 * hits / n_valid
+        out[f"R{k}"] = 100.0 * hits / n_ranked
     out["mAP"] = 100.0 * float(ap_all.sum()) / n_valid
     out["mINP"] = 100.0 * float(inp_all.sum()) / n_valid
     return out

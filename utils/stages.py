@@ -12,8 +12,9 @@ from easydict import EasyDict
 import datasets as data_registry
 from datasets.base import (PairDataset, drop_bad_images_from_eval_set,
                            drop_samples_with_bad_images)
+from datasets.captions import feedback_rounds
 from datasets.mixgen import MixGenCollate
-from datasets.transforms import build_transform
+from datasets.transforms import eval_transform, train_transform
 from model.adapt import AdaptModel
 from model.build import clip_from_pretrained, clip_from_project_state
 from model.clip import load_state_dict_strict
@@ -21,7 +22,8 @@ from model.token import TokenModel, compose_query
 from model.tokenizer import tokenize
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
-from utils.evaluation import METRICS, autocast, encode_images, encode_texts, retrieval
+from utils.evaluation import METRICS, encode_images, encode_texts, eval_dtype, retrieval
+from utils.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class Stage:
     def pair_dataset(self, cfg, trial, with_text: bool, with_view: bool = False,
                      with_caption: bool = False) -> PairDataset:
         self.check_dataset(cfg)
-        transform = build_transform(cfg.model.image_size, cfg.data.augment, cfg.data.num_augments)
+        transform = train_transform(cfg)
         return PairDataset(self._training_samples(cfg, trial), transform, transform,
                            cfg.model.context_length, cfg.data.backtrans_p, with_text, with_view,
                            with_caption)
@@ -181,32 +183,46 @@ class AdaptStage(Stage):
         ramp = min(1.0, step_in_epoch / steps_per_epoch) if epoch == 0 else 1.0
         return {"alpha": cfg.loss.softlabel_ratio * ramp}
 
-    def evaluate(self, model, cfg, split: str, device, trial=None, examples: int = 0) -> dict:
-        """text->image and sketch->image on every test set of the dataset."""
-        blocks, shown = {}, []
+    def evaluate(self, model, cfg, split: str, device, trial=None, examples: int = 0,
+                 queries: bool = False) -> dict:
+        """text->image and sketch->image on every test set of the dataset; with
+        ``queries``, also the text of every text query (``results["queries"]``)."""
+        blocks, shown, asked = {}, [], []
+        encode = partial(encode_images, transform=eval_transform(cfg), device=device,
+                         batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
+                         dtype=eval_dtype(device, cfg))
+        rank = partial(retrieval, rank_denominator=cfg.test.rank_denominator)
         for eval_set in self.eval_sets(cfg, split, trial):
-            gallery = encode_images(model.encode_image, eval_set.gallery_paths, cfg.model.image_size, device,
-                                    cfg.test.batch_size, cfg.data.num_workers,
-                                    f"{eval_set.name} photos")
-            sketches = encode_images(model.encode_image, eval_set.sketch_paths, cfg.model.image_size, device,
-                                     cfg.test.batch_size, cfg.data.num_workers,
-                                     f"{eval_set.name} sketches")
+            gallery = encode(model.encode_image, eval_set.gallery_paths,
+                             desc=f"{eval_set.name} photos")
+            # A sketch asked once per caption is encoded once.
+            unique = sorted(set(eval_set.sketch_paths))
+            row = {path: index for index, path in enumerate(unique)}
+            sketches = encode(model.encode_image, unique, desc=f"{eval_set.name} sketches")
+            sketches = sketches[torch.as_tensor([row[p] for p in eval_set.sketch_paths],
+                                                device=sketches.device)]
             texts = encode_texts(model, eval_set.text_queries, cfg.model.context_length, device,
-                                 cfg.test.batch_size)
+                                 cfg.test.batch_size, eval_dtype(device, cfg))
             blocks[eval_set.name] = {"tasks": {
-                "text_to_image": retrieval(texts, gallery, eval_set.text_ids,
-                                           eval_set.gallery_ids),
-                "sketch_to_image": retrieval(sketches, gallery, eval_set.sketch_ids,
-                                             eval_set.gallery_ids, eval_set.sketch_cams,
-                                             eval_set.gallery_cams),
+                "text_to_image": rank(texts, gallery, eval_set.text_ids, eval_set.gallery_ids),
+                "sketch_to_image": rank(sketches, gallery, eval_set.sketch_ids,
+                                        eval_set.gallery_ids, eval_set.sketch_cams,
+                                        eval_set.gallery_cams),
             }}
             if examples:
                 shown += ranked_examples(sketches, gallery, eval_set,
                                          [""] * len(eval_set.sketch_paths), examples)
+            if queries:
+                asked += [{"task": "text_to_image", "dataset": eval_set.name,
+                           "image": str(photo), "person_id": pid, "text": text}
+                          for photo, pid, text in zip(eval_set.text_photos, eval_set.text_ids,
+                                                      eval_set.text_queries)]
         results = ({"dataset": cfg.data.dataset, **next(iter(blocks.values()))}
                    if len(blocks) == 1 else {"dataset": cfg.data.dataset, "datasets": blocks})
         if examples:
             results["examples"] = shown[:examples]
+        if queries:
+            results["queries"] = asked
         return results
 
 
@@ -240,55 +256,78 @@ class TokenStage(Stage):
     def lr_scales(self, cfg) -> dict:
         return {"img2text.": cfg.train.ratio_factor}
 
-    def composed_features(self, model, sketch_feats, feedback, cfg, device) -> torch.Tensor:
-        """Normalised features [Q, E] of "a photo of * , and {feedback}" per query."""
-        texts = [compose_query(cfg.model.prompt, phrases, cfg.model.sketch_prompt)
-                 for phrases in feedback]
+    @staticmethod
+    def query_texts(feedback: list, cfg) -> list:
+        """The composed query text of each feedback text."""
+        return [compose_query(cfg.model.prompt, text, cfg.model.sketch_prompt) for text in feedback]
+
+    def composed_features(self, model, sketch_feats, feedback: list, cfg, device) -> torch.Tensor:
+        """Normalised features [Q, E] of "a photo of * , and {feedback}" per query, from raw
+        sketch features [Q, E] and one feedback text per query."""
+        texts = self.query_texts(feedback, cfg)
+        dtype = eval_dtype(device, cfg)
         feats = []
         with torch.no_grad():
             for start in range(0, len(texts), cfg.test.batch_size):
                 tokens = tokenize(texts[start:start + cfg.test.batch_size],
                                   cfg.model.context_length).to(device)
-                with autocast(device, cfg.train.amp):
+                with autocast(device, dtype):
                     feats.append(model.compose(
                         sketch_feats[start:start + cfg.test.batch_size], tokens).float())
         return torch.cat(feats)
 
-    def evaluate(self, model, cfg, split: str, device, trial=None, examples: int = 0) -> dict:
-        """interactive (sketch + feedback), sketch_only (sketch image) and text_only; with
-        ``test.rounds``, the interactive metrics per round of feedback; with
-        ``test.multi_query``, all sketches of a person as one query (``*_mq``)."""
+    def evaluate(self, model, cfg, split: str, device, trial=None, examples: int = 0,
+                 queries: bool = False) -> dict:
+        """interactive (sketch + feedback), sketch_only (sketch image) and text_only (the
+        feedback alone); with ``test.rounds``, the interactive metrics per round of
+        feedback; with ``test.multi_query``, all sketches of a person as one query
+        (``*_mq``); with ``queries``, the texts of every query (``results["queries"]``)."""
         (eval_set,) = self.eval_sets(cfg, split, trial)
-        encode = partial(encode_images, image_size=cfg.model.image_size, device=device,
+        dtype = eval_dtype(device, cfg)
+        encode = partial(encode_images, transform=eval_transform(cfg), device=device,
                          batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
-                         amp=cfg.train.amp)
+                         dtype=dtype)
         gallery = encode(model.encode_image, eval_set.gallery_paths, desc="gallery photos")
         sketch_raw = encode(model.clip.encode_image, eval_set.sketch_paths, desc="query sketches")
         sketches = F.normalize(sketch_raw, dim=-1)
         composed = self.composed_features(model, sketch_raw, eval_set.feedback, cfg, device)
-        texts = encode_texts(model, [", ".join(phrases) for phrases in eval_set.feedback],
-                             cfg.model.context_length, device, cfg.test.batch_size, cfg.train.amp)
+        texts = encode_texts(model, eval_set.feedback, cfg.model.context_length, device,
+                             cfg.test.batch_size, dtype)
+        # The paper's code ranks the whole gallery for stage 2 (no camera filter).
+        cams = ((eval_set.sketch_cams, eval_set.gallery_cams)
+                if cfg.test.stage2_drop_same_camera else (None, None))
         rank = partial(retrieval, gallery_feats=gallery, query_ids=eval_set.sketch_ids,
-                       gallery_ids=eval_set.gallery_ids, query_cams=eval_set.sketch_cams,
-                       gallery_cams=eval_set.gallery_cams)
+                       gallery_ids=eval_set.gallery_ids, query_cams=cams[0],
+                       gallery_cams=cams[1], rank_denominator=cfg.test.rank_denominator)
         results = {"dataset": cfg.data.dataset, "tasks": {
             "interactive": rank(composed), "sketch_only": rank(sketches), "text_only": rank(texts)}}
         if cfg.test.multi_query:
             person_ids, grouped = group_by_person(eval_set.sketch_ids, [composed, sketches])
             rank_mq = partial(retrieval, gallery_feats=gallery, query_ids=person_ids,
-                              gallery_ids=eval_set.gallery_ids)
+                              gallery_ids=eval_set.gallery_ids,
+                              rank_denominator=cfg.test.rank_denominator)
             results["tasks"]["interactive_mq"] = rank_mq(grouped[0])
             results["tasks"]["sketch_only_mq"] = rank_mq(grouped[1])
+        rounds = [feedback_rounds(text, cfg.test.rounds) for text in eval_set.feedback]
         if cfg.test.rounds > 0:
             results["rounds"] = []
             for round_number in range(cfg.test.rounds + 1):
-                feedback = [phrases[:round_number] for phrases in eval_set.feedback]
+                feedback = [per_query[round_number] for per_query in rounds]
                 feats = self.composed_features(model, sketch_raw, feedback, cfg, device)
                 results["rounds"].append({"round": round_number, **rank(feats)})
+        query_texts = self.query_texts(eval_set.feedback, cfg)
         if examples:
-            texts_of = [compose_query(cfg.model.prompt, phrases, cfg.model.sketch_prompt)
-                        for phrases in eval_set.feedback]
-            results["examples"] = ranked_examples(composed, gallery, eval_set, texts_of, examples)
+            results["examples"] = ranked_examples(composed, gallery, eval_set, query_texts,
+                                                  examples, same_camera_out=cams[0] is not None)
+        if queries:
+            results["queries"] = [
+                {"image": str(path), "person_id": pid,
+                 "texts": {"interactive": text, "text_only": feedback,
+                           **({"rounds": self.query_texts(per_query, cfg)}
+                              if cfg.test.rounds > 0 else {})}}
+                for path, pid, text, feedback, per_query in zip(
+                    eval_set.sketch_paths, eval_set.sketch_ids, query_texts, eval_set.feedback,
+                    rounds)]
         return results
 
 
@@ -306,13 +345,13 @@ def group_by_person(ids: list, feature_sets: list) -> tuple:
 
 
 def ranked_examples(query_feats, gallery_feats, eval_set, query_texts: list, count: int,
-                    topk: int = 10) -> list:
-    """The top-``topk`` gallery photos of ``count`` queries spread over the query list."""
+                    topk: int = 10, same_camera_out: bool = True) -> list:
+    """The top-``topk`` gallery photos of ``count`` queries spread over the query list;
+    with ``same_camera_out``, without what the protocol leaves out (same person and cam)."""
     step = max(1, len(eval_set.sketch_paths) // count)
     chosen = list(range(0, len(eval_set.sketch_paths), step))[:count]
     similarity = query_feats[chosen] @ gallery_feats.t()
-    if eval_set.sketch_cams is not None and eval_set.gallery_cams is not None:
-        # Leave out what the protocol leaves out (same person and camera).
+    if same_camera_out and eval_set.sketch_cams is not None and eval_set.gallery_cams is not None:
         same_id = torch.as_tensor(eval_set.gallery_ids)[None] == torch.as_tensor(
             [eval_set.sketch_ids[q] for q in chosen])[:, None]
         same_cam = torch.as_tensor(eval_set.gallery_cams)[None] == torch.as_tensor(

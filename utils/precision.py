@@ -1,0 +1,29 @@
+"""Numeric precision of training and evaluation: one place decides the autocast dtype."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from utils.errors import ConfigError
+
+AMP_DTYPES = ("float16", "bfloat16")
+
+
+def autocast_dtype(device: torch.device, enabled: bool, name: str = "float16"):
+    """The autocast dtype on CUDA (``name``: float16 | bfloat16), or None for float32: on
+    the CPU, or when ``enabled`` is false. bfloat16 falls back to float16 on GPUs without it."""
+    if name not in AMP_DTYPES:
+        raise ConfigError(f"train.amp_dtype={name!r} is not one of {', '.join(AMP_DTYPES)}")
+    if device.type != "cuda" or not enabled:
+        return None
+    if name == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return getattr(torch, name)
+
+
+def autocast(device: torch.device, dtype):
+    """Autocast to ``dtype`` on ``device``; nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
