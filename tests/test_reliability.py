@@ -64,13 +64,15 @@ def _final_weights(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers, save_every", [(2, 3)])
+@pytest.mark.parametrize("workers, save_every, accum", [(2, 3, 1), (0, 2, 2)])
 def test_mid_epoch_resume_with_workers_is_exact(tiny_clip_path, synthetic_root, tmp_path,
-                                                workers, save_every):
-    """kill -9 after a mid-epoch save (data loading in worker processes), resume: the same
-    weights as an unbroken run (max abs difference 0)."""
-    extra = {"data.dataset": "rstpreid", "train.epochs": 2, "train.batch_size": 4,
-             "data.num_workers": workers, "train.save_every_steps": save_every}
+                                                workers, save_every, accum):
+    """kill -9 after a mid-epoch save (data loading in worker processes; or accumulated
+    micro-batches, with the text tower's dropout on), resume: the same weights as an
+    unbroken run (max abs difference 0)."""
+    extra = {"data.dataset": "rstpreid", "train.epochs": 2, "train.batch_size": 4 // accum,
+             "train.accum_steps": accum, "data.num_workers": workers,
+             "train.save_every_steps": save_every, "model.text_dropout": 0.1}
     train_adapt.main(["--config", "config/TriPEDES_pretrain.yaml",
                       *tiny_overrides(tiny_clip_path, synthetic_root, tmp_path / "whole",
                                       **extra)])
