@@ -27,7 +27,8 @@ def train_samples(cfg, trial=None) -> list:
     if name in STAGE1_DATASETS:
         from datasets import pedes
         return pedes.train_samples(root, pedes_members(name), cfg.data.sketch_pairing,
-                                   cfg.data.pre_caption, cfg.data.empty_missing_backtrans)
+                                   cfg.data.pre_caption, cfg.data.empty_missing_backtrans,
+                                   cfg.data.skip_missing_sketches)
     if name == "mask1k":
         from datasets import market_sketch
         return market_sketch.train_samples(root)
@@ -40,7 +41,8 @@ def eval_sets(cfg, split: str, trial=None) -> list:
     name, root = check_name(cfg.data.dataset), Path(cfg.data.root)
     if name in STAGE1_DATASETS:
         from datasets import pedes
-        return [pedes.eval_set(root, member, split, cfg.data.pre_caption, cfg.test.sketch_queries)
+        return [pedes.eval_set(root, member, split, cfg.data.pre_caption, cfg.test.sketch_queries,
+                               cfg.data.skip_missing_sketches)
                 for member in pedes_members(name)]
     if name == "mask1k":
         from datasets import market_sketch

@@ -13,6 +13,19 @@ from torch.utils.data import Dataset
 from model.tokenizer import tokenize
 from utils.errors import DatasetError
 
+# Image files the dataset loaders look for (sketches of .bmp photos are often .jpg).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# What goes wrong in a dataset, by kind; a parser returns [(kind, message), ...] so that the
+# loaders stop at the first and ``datasets.check`` lists them all.
+PROBLEM_KINDS = {
+    "layout": "annotation files and folders missing or unusable",
+    "missing_files": "annotation entries pointing at nothing",
+    "missing_sketches": "missing sketches",
+    "unmatched": "people without their counterpart",
+    "unreadable": "unreadable images",
+    "empty_splits": "empty splits",
+}
+
 
 def read_image(path: Path) -> Image.Image:
     """Open an image as RGB; an unreadable file is a ``DatasetError`` naming it."""
@@ -24,6 +37,31 @@ def read_image(path: Path) -> Image.Image:
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise DatasetError(f"corrupt or unreadable image: {path} ({error}); set "
                            "data.skip_bad_images=true to skip such files") from None
+
+
+def read_lines(path: Path) -> list:
+    """The lines of a text file: UTF-8 with or without a byte-order mark, LF or CRLF."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
+                           ) from None
+
+
+def image_files(folder: Path) -> list:
+    """The image files directly in ``folder``, sorted by name."""
+    return sorted(path for path in Path(folder).iterdir()
+                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def stop_at_first(problems: list, hint: str = "") -> None:
+    """Raise a ``DatasetError`` for the first of ``problems`` ([(kind, message)]), saying how
+    many more there are; nothing when there are none."""
+    if not problems:
+        return
+    more = (f" (and {len(problems) - 1} more problem(s): python -m datasets.check lists them "
+            "all)") if len(problems) > 1 else ""
+    raise DatasetError(problems[0][1] + more + (f"; {hint}" if hint else ""))
 
 
 def require_path(path: Path, what: str, layout: str) -> Path:

@@ -7,12 +7,16 @@
 The dataset is the config's ``data.dataset`` under ``data.root`` (``tri-pedes`` checks its
 three PEDES sets), read with the same path conventions as the loaders. Printed per split:
 
-- PEDES sets: identities, photos, sketches and captions of train, val and test, from the
-  ``*_reid.json`` files;
+- PEDES sets: identities, photos, sketches and captions of train, val and test, from
+  TBPS-CLIP's ``*_reid.json`` files or the dataset's own annotation file;
 - Market-Sketch-1K: identities, photos and sketches (in all and per artist style) of
   train and query, and how many of those people have attributes;
 - PKU-Sketch: identities, photos, sketches and captions of train and test of every trial
   in ``data.trials`` (from ``idx/``, or drawn from ``seed`` as the loader does).
+
+Everything is read with the loaders' own parsers (``pedes.parse_annotations`` and
+``locate``, ``market_sketch.person_id``, ``pku_sketch.parse_captions``, ``parse_index``,
+``scan_photos``...), which return every problem instead of stopping at the first.
 
 Then every problem, in groups (20 of each are listed, then a count): annotation files or
 folders that are missing or cannot be parsed, annotation entries pointing at nothing,
@@ -40,20 +44,13 @@ from pathlib import Path
 from PIL import Image
 
 from datasets import check_name, market_sketch, pedes, pedes_members, pku_sketch
-from datasets.base import require_path
+from datasets.base import PROBLEM_KINDS, image_files, require_path
 from utils.config import config_from_command_line
 from utils.errors import ConfigError, DatasetError, exit_on_user_error
 
 LIST_LIMIT = 20  # problems printed per group; --json has them all
 
-CATEGORIES = {
-    "layout": "annotation files and folders missing or unusable",
-    "missing_files": "annotation entries pointing at nothing",
-    "missing_sketches": "missing sketches",
-    "unmatched": "people without their counterpart",
-    "unreadable": "unreadable images",
-    "empty_splits": "empty splits",
-}
+CATEGORIES = PROBLEM_KINDS
 
 
 class Report:
@@ -95,87 +92,34 @@ class Report:
 # PEDES: CUHK-PEDES, ICFG-PEDES, RSTPReid
 # ----------------------------------------------------------------------------
 
-def _pedes_entries(report: Report, root: Path, name: str, split: str) -> list:
-    """The well-formed entries of a split; everything wrong is recorded as a problem."""
-    folder = pedes.FOLDERS[name]
-    try:
-        return pedes.read_annotations(root, name, split)
-    except DatasetError as error:
-        message = str(error).splitlines()[0]
-    # The loader stops at the first problem: read the file again to list all of them.
-    path = root / folder / f"{split}_reid.json"
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        report.problem("layout", message)
-        return []
-    if isinstance(entries, list) and not entries:
-        report.problem("empty_splits", f"{folder} {split}: {report.name(path)} has no entries")
-        return []
-    if not isinstance(entries, list):
-        report.problem("layout", message)
-        return []
-    good = []
-    for position, entry in enumerate(entries):
-        missing = [key for key in ("id", "file_path", "captions")
-                   if not isinstance(entry, dict) or key not in entry]
-        if missing:
-            report.problem("layout", f"{report.name(path)}: entry {position} lacks "
-                                     f"{', '.join(missing)}")
-        else:
-            good.append(entry)
-    return good
-
-
 def scan_pedes(report: Report, root: Path, name: str) -> None:
     folder = pedes.FOLDERS[name]
-    layout = pedes.LAYOUT.format(folder=folder)
-    require_path(root, "data.root", layout)
-    require_path(root / folder, f"{name} folder", layout)
+    require_path(root, "data.root", pedes.layout(name))
+    require_path(root / folder, f"{name} folder", pedes.layout(name))
     table = report.table(folder, ["identities", "photos", "sketches", "captions"])
     totals = {"ids": set(), "photos": 0, "sketches": 0, "captions": 0}
     for split in ("train", "val", "test"):
         if split == "val" and not pedes.has_split(root, name, split):
             continue  # optional: training then selects on test
-        entries = _pedes_entries(report, root, name, split)
-        source = f"{folder}/{split}_reid.json"
-        ids, photos, sketches, captions = set(), set(), set(), 0
-        for position, entry in enumerate(entries):
-            file_path = entry["file_path"]
-            if not isinstance(entry["id"], (int, str)):
-                report.problem("layout", f"{source}: entry {position} has id {entry['id']!r}")
-                continue
-            if not isinstance(file_path, str) or not file_path:
-                report.problem("layout", f"{source}: entry {position} (id {entry['id']}) has "
-                                         f"file_path {file_path!r}")
-                continue
-            if isinstance(entry["captions"], list):
-                captions += len(entry["captions"])
-            else:
-                report.problem("layout", f"{source}: entry {position} (id {entry['id']}): "
-                                         "captions is not a list")
-            ids.add(entry["id"])
-            photo, sketch = pedes.photo_and_sketch(root, name, file_path)
-            has_photo, has_sketch = photo.is_file(), sketch.is_file()
-            if not has_photo:
-                what = "photo" if has_sketch else "photo nor sketch"
-                report.problem("missing_files", f"{source}: entry {position} (id "
-                                                f"{entry['id']}): no {what} "
-                                                f"{report.name(photo)}")
-            elif not has_sketch:
-                report.problem("missing_sketches", f"{report.name(sketch)} (sketch of "
-                                                   f"{split} photo {file_path}, id "
-                                                   f"{entry['id']})")
-            if has_photo:
-                photos.add(photo)
-                report.image(photo, f"{folder} {split} photo")
-            if has_sketch:
-                sketches.add(sketch)
+        try:
+            entries, problems = pedes.parse_annotations(root, name, split)
+        except DatasetError as error:  # no annotation file for this split
+            report.problem("layout", str(error).splitlines()[0])
+            continue
+        found, located = pedes.locate(root, name, split, entries)
+        for kind, message in problems + located:
+            report.problem(kind, message)
+        ids = {entry["id"] for entry, _, _ in found}
+        sketches = [sketch for _, _, sketch in found if sketch is not None]
+        for entry, photo, sketch in found:
+            report.image(photo, f"{folder} {split} photo")
+            if sketch is not None:
                 report.image(sketch, f"{folder} {split} sketch")
-        table["rows"][split] = {"identities": len(ids), "photos": len(photos),
+        captions = sum(len(entry["captions"]) for entry in entries)
+        table["rows"][split] = {"identities": len(ids), "photos": len(found),
                                 "sketches": len(sketches), "captions": captions}
         totals["ids"] |= {(split, pid) for pid in ids}
-        totals["photos"] += len(photos)
+        totals["photos"] += len(found)
         totals["sketches"] += len(sketches)
         totals["captions"] += captions
     table["rows"]["total"] = {"identities": len(totals["ids"]), "photos": totals["photos"],
@@ -187,14 +131,17 @@ def scan_pedes(report: Report, root: Path, name: str) -> None:
 # ----------------------------------------------------------------------------
 
 def _market_ids(report: Report, paths: list) -> list:
-    """``(path, person id)`` of the files whose name starts with a person id."""
+    """``(path, person id)`` of the files whose name starts with a person id, junk (-1)
+    and distractors (0000) left out."""
     named = []
     for path in paths:
         try:
-            named.append((path, market_sketch.person_id(path)))
-        except DatasetError:
-            report.problem("layout", f"{report.name(path)}: file name does not start with "
-                                     "a person id (XXXX_...)")
+            pid = market_sketch.person_id(path)
+        except DatasetError as error:
+            report.problem("layout", str(error))
+            continue
+        if pid not in (market_sketch.JUNK, market_sketch.DISTRACTOR):
+            named.append((path, pid))
     return named
 
 
@@ -221,15 +168,14 @@ def scan_market(report: Report, root: Path) -> None:
     for part in ("train", "query"):
         photo_dir = folder / "photo" / part
         if photo_dir.is_dir():
-            photos = _market_ids(report, market_sketch._images(photo_dir))
+            photos = _market_ids(report, image_files(photo_dir))
         else:
             report.problem("layout", f"no {part} photo folder {report.name(photo_dir)}")
             photos = []
         row, sketches = {}, []
         for style in styles:
             style_dir = sketch_root / style / part
-            found = _market_ids(report, market_sketch._images(style_dir)) \
-                if style_dir.is_dir() else []
+            found = _market_ids(report, image_files(style_dir)) if style_dir.is_dir() else []
             row[f"style {style}"] = len(found)
             sketches.extend(found)
         photo_ids = {pid for _, pid in photos}
@@ -270,95 +216,39 @@ def scan_market(report: Report, root: Path) -> None:
 # PKU-Sketch
 # ----------------------------------------------------------------------------
 
-def _pku_captions(report: Report, folder: Path) -> dict:
-    """``{id: [caption]}`` from TriReID.txt; every malformed line is a problem."""
-    path = folder / pku_sketch.CAPTION_FILE
-    if not path.is_file():
-        report.problem("layout", f"no caption file {report.name(path)}")
-        return {}
-    try:
-        return pku_sketch.read_captions(path)
-    except (DatasetError, UnicodeDecodeError) as error:
-        first = str(error)
-    # The loader stops at the first bad line: go through them all.
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        report.problem("layout", first)
-        return {}
-    captions = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        name, at, caption = line.partition("@")
-        pid, slash, _ = name.strip().partition("/")
-        if at and slash and pid.strip().lstrip("-").isdigit():
-            captions.setdefault(int(pid), []).append(caption.strip())
-        else:
-            report.problem("layout", f"{report.name(path)}, line {number}: expected "
-                                     f"'<id>/<photo>@<caption>', got {line.strip()[:60]!r}")
-    return captions
-
-
-def _pku_index(report: Report, folder: Path, path: Path, kind: str) -> list:
-    """``(path, id)`` of the lines of an idx file whose image exists; the others, and
-    malformed lines, are problems."""
+def _pku_index(report: Report, folder: Path, path: Path) -> list:
+    """``(path, id)`` of the lines of an idx file whose image exists; the others are
+    problems."""
     if not path.is_file():
         report.problem("layout", f"no split file {report.name(path)}")
         return []
-    entries = []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) < 2 or not fields[1].lstrip("-").isdigit():
-            report.problem("layout", f"{report.name(path)}, line {number}: expected "
-                                     f"'path id cam style', got {line.strip()[:60]!r}")
-            continue
-        image = folder / fields[0]
-        if image.is_file():
-            entries.append((image, int(fields[1])))
-        elif kind == "sketch":
-            report.problem("missing_sketches", f"{report.name(image)} (listed in "
-                                               f"{report.name(path)}, line {number})", image)
-        else:
-            report.problem("missing_files", f"{report.name(path)}, line {number}: no photo "
-                                            f"{report.name(image)}", image)
-    return entries
+    entries, problems = pku_sketch.parse_index(folder, path)
+    for kind, message in problems:
+        report.problem(kind, message, key=message.split(": ", 1)[-1])
+    return [(image, pid) for image, pid, _ in entries]
 
 
-def _pku_generated(report: Report, folder: Path, trial: int, seed: int) -> dict:
+def _pku_drawn(report: Report, folder: Path, trial: int, seed: int) -> dict:
     """``{part: (photos, sketches)}`` of a trial drawn as the loader draws it."""
-    photos_of, sketch_of = {}, {}
-    photo_dir, sketch_dir = folder / "photo", folder / "sketch"
-    for directory in (photo_dir, sketch_dir):
-        if not directory.is_dir():
-            report.problem("layout", f"no folder {report.name(directory)}")
-    if photo_dir.is_dir():
-        for photo in pku_sketch._images(photo_dir):
-            try:
-                pid, _ = pku_sketch._photo_key(photo)
-            except DatasetError:
-                report.problem("layout", f"{report.name(photo)}: photo name is not <id>_<k>")
-                continue
-            photos_of.setdefault(pid, []).append(photo)
-    if sketch_dir.is_dir():
-        sketch_of = {path.stem: path for path in pku_sketch._images(sketch_dir)}
+    photos_of, problems = pku_sketch.scan_photos(folder)
+    sketch_of, sketch_problems = pku_sketch.scan_sketches(folder)
+    styles, style_problems = pku_sketch.read_styles(folder)
+    for kind, message in problems + sketch_problems + style_problems:
+        report.problem(kind, message)
     try:
-        train_ids, test_ids = pku_sketch.generated_split(list(photos_of), trial, seed)
+        parts_ids = pku_sketch.trial_split(list(photos_of), styles, trial, seed)
     except DatasetError as error:
         report.problem("empty_splits", f"PKU-Sketch trial {trial}: {error}")
         return {"train": ([], []), "test": ([], [])}
     parts = {}
-    for part, ids in (("train", train_ids), ("test", test_ids)):
+    for part, ids in zip(("train", "test"), parts_ids):
         photos, sketches = [], []
         for pid in ids:
-            photos.extend((path, pid) for path in photos_of[pid])
-            if str(pid) in sketch_of:
-                sketches.append((sketch_of[str(pid)], pid))
+            photos.extend((path, pid) for path, _ in photos_of[pid])
+            if pid in sketch_of:
+                sketches.append((sketch_of[pid], pid))
             else:
-                report.problem("missing_sketches", f"{report.name(sketch_dir / f'{pid}.jpg')} "
+                report.problem("missing_sketches", f"{report.name(folder / 'sketch')}/{pid}.jpg "
                                                    f"(person {pid} has photos)")
         parts[part] = (photos, sketches)
     return parts
@@ -366,21 +256,26 @@ def _pku_generated(report: Report, folder: Path, trial: int, seed: int) -> dict:
 
 def scan_pku(report: Report, root: Path, trials: list, seed: int) -> None:
     folder = pku_sketch._folder(root)  # data.root and the dataset folder: input errors
-    captions = _pku_captions(report, folder)
+    caption_path = folder / pku_sketch.CAPTION_FILE
+    captions = {}
+    if caption_path.is_file():
+        captions, problems = pku_sketch.parse_captions(caption_path)
+        for kind, message in problems:
+            report.problem(kind, message)
+    else:
+        report.problem("layout", f"no caption file {report.name(caption_path)}")
     index_dir = folder / "idx"
-    report.pku_splits = "idx/" if index_dir.is_dir() else f"generated from seed={seed}"
-    table = report.table(f"{pku_sketch.FOLDER} (splits: {report.pku_splits})",
+    report.pku_splits = "idx/" if index_dir.is_dir() else f"drawn from seed={seed}"
+    table = report.table(f"{folder.name} (splits: {report.pku_splits})",
                          ["identities", "photos", "sketches", "captions"])
     every = {"ids": set(), "photos": set(), "sketches": set()}
     for trial in trials:
         if index_dir.is_dir():
-            parts = {part: (_pku_index(report, folder,
-                                       index_dir / f"{part}_visible_{trial}.txt", "photo"),
-                            _pku_index(report, folder,
-                                       index_dir / f"{part}_sketch_{trial}.txt", "sketch"))
+            parts = {part: (_pku_index(report, folder, index_dir / f"{part}_visible_{trial}.txt"),
+                            _pku_index(report, folder, index_dir / f"{part}_sketch_{trial}.txt"))
                      for part in ("train", "test")}
         else:
-            parts = _pku_generated(report, folder, trial, seed)
+            parts = _pku_drawn(report, folder, trial, seed)
         for part, (photos, sketches) in parts.items():
             photo_ids = {pid for _, pid in photos}
             sketch_ids = {pid for _, pid in sketches}

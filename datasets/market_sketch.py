@@ -21,29 +21,37 @@ On disk::
                                          attribute fields and image_index (id strings)
 
 Only a test split exists. Sketches carry no camera, so no gallery photo is left out of a
-ranking (``gallery_cams`` and ``sketch_cams`` are ``None``).
+ranking (``gallery_cams`` and ``sketch_cams`` are ``None``). A file's person id is the
+leading digits of its name (``0002_c1s1_000451_03.jpg``, ``0002_A.jpg``, ``0002A.jpg`` and
+``0002.jpg`` are all person 2). A gallery of full Market-1501 photos works too: junk
+images (``-1_...``) are left out, distractors (``0000_...``) stay as negatives, as in the
+Market-1501 protocol, and the log counts both.
 """
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
-from datasets.base import EvalSet, TrainSample, require_path
+from datasets.base import EvalSet, TrainSample, image_files, require_path
 from utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
 FOLDER = "Market-Sketch-1K"
 ATTRIBUTE_FILE = "market_attribute.mat"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LAYOUT = """  <data.root>/Market-Sketch-1K/
-      photo/train/XXXX_c?s?_*.jpg       training photos (XXXX: 4-digit person id)
+      photo/train/XXXX_c?s?_*.jpg       training photos (XXXX: the person id)
       photo/query/XXXX_c?s?_*.jpg       test gallery photos
-      sketch/<A..F>/train/XXXX_*.jpg    training sketches per artist style
-      sketch/<A..F>/query/XXXX_*.jpg    test query sketches
+      sketch/<A..F>/train/XXXX*.jpg     training sketches per artist style
+      sketch/<A..F>/query/XXXX*.jpg     test query sketches
       market_attribute.mat              Market-1501 attributes (struct market_attribute)"""
+# Market-1501's own naming: person id -1 is junk (left out of the protocol), 0000 a
+# distractor (a false detection, kept in the gallery as a negative).
+JUNK, DISTRACTOR = -1, 0
+_LEADING_ID = re.compile(r"-?\d+")
 
 UP_COLOURS = ("black", "white", "red", "purple", "yellow", "gray", "blue", "green")
 DOWN_COLOURS = ("black", "white", "pink", "purple", "yellow", "gray", "blue", "green", "brown")
@@ -147,23 +155,19 @@ def _folder(root: Path) -> Path:
     return require_path(Path(root) / FOLDER, "Market-Sketch-1K folder", LAYOUT)
 
 
-def _images(folder: Path) -> list:
-    return sorted(path for path in folder.iterdir()
-                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def person_id(path: Path) -> int:
-    """The person id that starts a Market file name (``0042_c1s1_...`` -> 42)."""
-    try:
-        return int(path.stem.split("_")[0])
-    except ValueError:
+    """The person id that starts a Market file name: its leading digits (``0042_c1s1_...``,
+    ``0042_A.jpg``, ``0042A.jpg`` -> 42; ``-1_c1s1_...`` -> -1, junk)."""
+    match = _LEADING_ID.match(Path(path).name)
+    if match is None:
         raise DatasetError(f"{path}: file name does not start with a person id "
-                           "(expected XXXX_...)") from None
+                           "(expected XXXX... with the digits of the id)")
+    return int(match.group())
 
 
 def _photos(folder: Path, part: str) -> list:
-    return _images(require_path(folder / "photo" / part, f"Market-Sketch-1K {part} photos",
-                                LAYOUT))
+    return image_files(require_path(folder / "photo" / part, f"Market-Sketch-1K {part} photos",
+                                    LAYOUT))
 
 
 def _sketches(folder: Path, part: str) -> list:
@@ -171,7 +175,7 @@ def _sketches(folder: Path, part: str) -> list:
     sketch_root = require_path(folder / "sketch", "Market-Sketch-1K sketches", LAYOUT)
     styles = sorted(path for path in sketch_root.iterdir() if path.is_dir())
     sketches = [path for style in styles if (style / part).is_dir()
-                for path in _images(style / part)]
+                for path in image_files(style / part)]
     if not sketches:
         raise DatasetError(f"no {part} sketches in {sketch_root}/<style>/{part}/\n"
                            f"expected layout:\n{LAYOUT}")
@@ -184,7 +188,9 @@ def train_samples(root: Path) -> list:
     folder = _folder(root)
     photos_of = {}
     for photo in _photos(folder, "train"):
-        photos_of.setdefault(person_id(photo), []).append(photo)
+        pid = person_id(photo)
+        if pid not in (JUNK, DISTRACTOR):
+            photos_of.setdefault(pid, []).append(photo)
     sketches = _sketches(folder, "train")
     ids = [person_id(sketch) for sketch in sketches]
     for sketch, pid in zip(sketches, ids):
@@ -204,10 +210,15 @@ def eval_set(root: Path, split: str) -> EvalSet:
     if split != "test":
         raise DatasetError(f"Market-Sketch-1K has only a test split (asked for {split!r})")
     folder = _folder(root)
-    gallery = _photos(folder, "query")
+    photos = [(photo, person_id(photo)) for photo in _photos(folder, "query")]
+    gallery = [(photo, pid) for photo, pid in photos if pid != JUNK]
     if not gallery:
         raise DatasetError(f"no test photos in {folder / 'photo' / 'query'}\n"
                            f"expected layout:\n{LAYOUT}")
+    junk, distractors = len(photos) - len(gallery), sum(pid == DISTRACTOR for _, pid in gallery)
+    if junk or distractors:
+        log.info("Market-Sketch-1K test gallery: %d junk image(s) (-1) left out, %d "
+                 "distractor(s) (0000) kept as negatives", junk, distractors)
     sketches = _sketches(folder, "query")
     mat_path = require_path(folder / ATTRIBUTE_FILE, "Market-1501 attribute file", LAYOUT)
     attributes = read_attributes(mat_path)
@@ -221,7 +232,7 @@ def eval_set(root: Path, split: str) -> EvalSet:
     feedback = [sentence_of[pid] for pid in sketch_ids]
     log.info("Market-Sketch-1K test: %d gallery photos, %d query sketches of %d people",
              len(gallery), len(sketches), len(sentence_of))
-    return EvalSet(name="mask1k", gallery_paths=gallery,
-                   gallery_ids=[person_id(photo) for photo in gallery], gallery_cams=None,
+    return EvalSet(name="mask1k", gallery_paths=[photo for photo, _ in gallery],
+                   gallery_ids=[pid for _, pid in gallery], gallery_cams=None,
                    sketch_paths=sketches, sketch_ids=sketch_ids, sketch_cams=None,
                    text_queries=list(feedback), text_ids=list(sketch_ids), feedback=feedback)

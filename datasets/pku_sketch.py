@@ -1,27 +1,32 @@
 """PKU-Sketch: one sketch and two photos per person, with captions as text feedback.
 
 Pang et al., "Cross-Domain Adversarial Feature Learning for Sketch Re-identification",
-ACM MM 2018: 200 people, each with two photos taken by two cameras and one sketch. The
-captions (two per person, one per photo) come from the Tri-ReID annotation of the same
-people (``TriReID.txt``). The standard protocol trains on 150 people and tests on the
-other 50, averaged over 10 random trials.
+ACM MM 2018: 200 people, each with two photos taken by two cameras and one sketch drawn by
+one of five artists (styles a..e). The captions (two per person, one per photo) come from
+the Tri-ReID annotation of the same people (``TriReID.txt``). The standard protocol
+trains on 150 people and tests on the other 50, drawn within each sketch style, averaged
+over 10 trials.
 
-On disk::
+On disk, as the official package unpacks (``PKUSketchRE-ID_V1``; ``PKU-Sketch`` is read
+too) plus the captions::
 
     <root>/PKU-Sketch/
-        photo/<id>_<k>.jpg         photos, k = 1, 2 (the camera)
-        sketch/<id>.jpg            one sketch per person
-        TriReID.txt                lines "<id>/<photo file name>@<caption>"
+        photo/<id>_<cam>_<frame>.jpg      photos, e.g. 1_05_356.jpg (cameras 03..07)
+        sketch/<id>.jpg                   one sketch per person
+        styleAnnotation/<s>_<n>.txt       the ids drawn in style s (a..e), one per line
+        TriReID.txt                       lines "<id>/<photo file name>@<caption>"
         idx/{train,test}_{visible,sketch}_<trial>.txt
-                                   optional fixed splits, lines "path id cam style" with
-                                   the path relative to PKU-Sketch/
+                                          optional split files, lines "photo/<file> <id> <cam> 0"
+                                          and "sketch/<id>.jpg <id> 0 <style>"
 
-Without ``idx/`` the split of trial ``t`` is drawn from ``random.Random(seed * 1000 + t)``
-over the sorted ids found in ``photo/`` (150/50 people, or 3/4 and 1/4 when fewer than
-200 exist); photos then take their cam from ``_<k>`` and sketches cam 3. The feedback of
-a test sketch is one caption of its person as written, chosen with ``random.Random(seed * 7
-+ trial + id)`` so that scores repeat (the paper's code draws it at random at every
-evaluation).
+``python -m datasets.prepare pku-sketch --root DATA_ROOT`` writes ``idx/``. Without it the
+loaders draw the same split themselves (``trial_split``: within each sketch style, from
+``random.Random(seed * 1000 + trial)``) and say so in the log. Photos take their camera
+from their name; sketches get camera 0 (as the public split files write them), or another
+number no photo uses, so that a camera filter never drops a positive. Text files may have
+a byte-order mark and CRLF line ends. The feedback of a test sketch is one caption of its
+person as written, chosen with ``random.Random(seed * 7 + trial + id)`` so that scores
+repeat (the paper's code draws it at random at every evaluation).
 """
 from __future__ import annotations
 
@@ -30,25 +35,35 @@ import logging
 import random
 from pathlib import Path
 
-from datasets.base import EvalSet, TrainSample, require_path
+from datasets.base import (EvalSet, TrainSample, image_files, read_lines, require_path,
+                           stop_at_first)
 from utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-FOLDER = "PKU-Sketch"
+FOLDERS = ("PKU-Sketch", "PKUSketchRE-ID_V1")
+FOLDER = FOLDERS[0]
 CAPTION_FILE = "TriReID.txt"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-SKETCH_CAM = 3
+STYLE_FOLDER = "styleAnnotation"
+SKETCH_CAM = 0  # the public split files' camera of every sketch
 STANDARD_TRAIN, STANDARD_TEST = 150, 50
-LAYOUT = """  <data.root>/PKU-Sketch/
-      photo/<id>_<k>.jpg        two photos per person (k = camera 1, 2)
-      sketch/<id>.jpg           one sketch per person
-      TriReID.txt               "<id>/<photo file name>@<caption>", two lines per person
-      idx/{train,test}_{visible,sketch}_<trial>.txt   optional: "path id cam style" lines"""
+# Test people per style in the public split files, for the official style sizes
+# (a 46, b 20, c 79, d 33, e 22): 11 + 5 + 20 + 8 + 6 = 50.
+PUBLIC_STYLE_SIZES = {"a": 46, "b": 20, "c": 79, "d": 33, "e": 22}
+PUBLIC_TEST_PER_STYLE = {"a": 11, "b": 5, "c": 20, "d": 8, "e": 6}
+LAYOUT = """  <data.root>/PKU-Sketch/  (or PKUSketchRE-ID_V1/)
+      photo/<id>_<cam>_<frame>.jpg   two photos per person (e.g. 1_05_356.jpg)
+      sketch/<id>.jpg                one sketch per person
+      styleAnnotation/<s>_<n>.txt    ids per sketch style (a..e)
+      TriReID.txt                    "<id>/<photo file name>@<caption>", two lines per person
+      idx/{train,test}_{visible,sketch}_<trial>.txt   optional: python -m datasets.prepare"""
 
 
 def _folder(root: Path) -> Path:
     require_path(Path(root), "data.root", LAYOUT)
+    for name in FOLDERS:
+        if (Path(root) / name).is_dir():
+            return Path(root) / name
     return require_path(Path(root) / FOLDER, "PKU-Sketch folder", LAYOUT)
 
 
@@ -62,124 +77,208 @@ def _check_split(split: str) -> None:
 
 
 # ----------------------------------------------------------------------------
+# What the folder holds: photos, sketches, styles
+# ----------------------------------------------------------------------------
+
+def photo_key(path: Path) -> tuple:
+    """``(id, cam)`` of a photo named ``<id>_<cam>_<frame>`` (or ``<id>_<cam>``)."""
+    parts = Path(path).stem.split("_")
+    if len(parts) in (2, 3) and all(part.isdigit() for part in parts):
+        return int(parts[0]), int(parts[1])
+    raise DatasetError(f"{path}: photo name is not <id>_<cam>_<frame> (e.g. 1_05_356.jpg)")
+
+
+def scan_photos(folder: Path) -> tuple:
+    """``({id: [(path, cam)]}, problems)`` of ``photo/``, sorted by name."""
+    photo_dir = folder / "photo"
+    if not photo_dir.is_dir():
+        return {}, [("layout", f"no photo folder {photo_dir}")]
+    photos_of, problems = {}, []
+    for photo in image_files(photo_dir):
+        try:
+            pid, cam = photo_key(photo)
+        except DatasetError as error:
+            problems.append(("layout", str(error)))
+            continue
+        photos_of.setdefault(pid, []).append((photo, cam))
+    return photos_of, problems
+
+
+def scan_sketches(folder: Path) -> tuple:
+    """``({id: path}, problems)`` of ``sketch/<id>.<suffix>``."""
+    sketch_dir = folder / "sketch"
+    if not sketch_dir.is_dir():
+        return {}, [("layout", f"no sketch folder {sketch_dir}")]
+    sketches, problems = {}, []
+    for sketch in image_files(sketch_dir):
+        if sketch.stem.isdigit():
+            sketches[int(sketch.stem)] = sketch
+        else:
+            problems.append(("layout", f"{sketch}: sketch name is not <id>.jpg"))
+    return sketches, problems
+
+
+def read_styles(folder: Path) -> tuple:
+    """``({style letter: [ids]}, problems)`` from ``styleAnnotation/<s>_<n>.txt``; empty
+    when the folder is absent."""
+    style_dir = folder / STYLE_FOLDER
+    if not style_dir.is_dir():
+        return {}, []
+    styles, problems = {}, []
+    for path in sorted(style_dir.glob("*.txt")):
+        ids = []
+        for number, line in enumerate(read_lines(path), start=1):
+            if line.strip().isdigit():
+                ids.append(int(line))
+            elif line.strip():
+                problems.append(("layout", f"{path}, line {number}: expected a person id, "
+                                           f"got {line.strip()[:40]!r}"))
+        styles[path.stem.split("_")[0]] = ids
+    return styles, problems
+
+
+# ----------------------------------------------------------------------------
 # Splits: lists of (path, id, cam)
 # ----------------------------------------------------------------------------
 
-def read_index(folder: Path, path: Path, default_cam: int | None) -> list:
-    """``(path, id, cam)`` per line of an idx file; cam defaults to the ``_<k>`` of a
-    photo name (``default_cam`` None) or to ``default_cam``."""
-    entries = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
+def _test_counts(sizes: dict) -> dict:
+    """Test people per style: the public files' counts for the official style sizes, else
+    a quarter of each style (largest remainders, 50 in all for 200 people)."""
+    if sizes == PUBLIC_STYLE_SIZES:
+        return dict(PUBLIC_TEST_PER_STYLE)
+    total = sum(sizes.values())
+    target = STANDARD_TEST if total == STANDARD_TRAIN + STANDARD_TEST else max(1, round(total / 4))
+    exact = {style: size * target / total for style, size in sizes.items()}
+    counts = {style: int(value) for style, value in exact.items()}
+    for style in sorted(exact, key=lambda s: counts[s] - exact[s])[:target - sum(counts.values())]:
+        counts[style] += 1
+    return counts
+
+
+def trial_split(ids: list, styles: dict, trial: int, seed: int) -> tuple:
+    """Sorted (train ids, test ids) of a trial: 50 test people of 200 (a quarter of other
+    counts), drawn within each sketch style when ``styles`` covers the ids (the public
+    protocol), else over all; from ``random.Random(seed * 1000 + trial)``."""
+    ids = sorted(set(ids))
+    if len(ids) < 2:
+        raise DatasetError(f"PKU-Sketch: {len(ids)} person(s) found, cannot split")
+    rng = random.Random(seed * 1000 + trial)
+    grouped = {style: sorted(set(members) & set(ids)) for style, members in sorted(styles.items())}
+    if set(ids) - {pid for members in grouped.values() for pid in members}:
+        grouped = {"": ids}  # no (complete) style annotation: one group
+    counts = _test_counts({style: len(members) for style, members in grouped.items()})
+    test = set()
+    for style, members in grouped.items():
+        test.update(rng.sample(members, counts[style]))
+    return [pid for pid in ids if pid not in test], sorted(test)
+
+
+def style_numbers(styles: dict) -> dict:
+    """{id: 1-based number of its style in sorted style order}."""
+    return {pid: number for number, style in enumerate(sorted(styles), start=1)
+            for pid in styles[style]}
+
+
+def drawn_split(root: Path, trial, seed, part: str) -> tuple:
+    """``(photos, sketches)`` of ``part`` of a trial drawn by ``trial_split`` from what the
+    folder holds (the split ``datasets.prepare`` writes)."""
+    folder = _folder(root)
+    photos_of, problems = scan_photos(folder)
+    sketches, sketch_problems = scan_sketches(folder)
+    styles, style_problems = read_styles(folder)
+    stop_at_first(problems + sketch_problems + style_problems)
+    train, test = trial_split(list(photos_of), styles, _trial(trial), int(seed or 0))
+    photos, drawn = [], []
+    for pid in (train if part == "train" else test):
+        if pid not in sketches:
+            raise DatasetError(f"PKU-Sketch: person {pid} has photos but no sketch "
+                               f"{folder / 'sketch' / f'{pid}.jpg'}")
+        photos.extend((path, pid, cam) for path, cam in photos_of[pid])
+        drawn.append((sketches[pid], pid, SKETCH_CAM))
+    return photos, drawn
+
+
+def parse_index(folder: Path, path: Path) -> tuple:
+    """``(entries, problems)`` of an idx file: entries ``(image, id, cam or None)`` whose
+    image exists; lines "path id [cam [style]]"."""
+    entries, problems = [], []
+    for number, line in enumerate(read_lines(path), start=1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) < 2:
-            raise DatasetError(f"{path}, line {number}: expected 'path id cam style', got "
-                               f"{line.strip()!r}")
-        try:
-            pid = int(fields[1])
-            cam = int(fields[2]) if len(fields) > 2 else None
-        except ValueError:
-            raise DatasetError(f"{path}, line {number}: id and cam must be integers, got "
-                               f"{line.strip()!r}") from None
+        if len(fields) < 2 or not fields[1].lstrip("-").isdigit() or \
+                (len(fields) > 2 and not fields[2].lstrip("-").isdigit()):
+            problems.append(("layout", f"{path}, line {number}: expected 'path id cam style' "
+                                       f"with integer id and cam, got {line.strip()[:60]!r}"))
+            continue
         image = folder / fields[0]
         if not image.is_file():
-            raise DatasetError(f"{path}, line {number}: missing image {image}")
-        if cam is None:
-            cam = default_cam if default_cam is not None else _photo_key(image)[1]
-        entries.append((image, pid, cam))
-    return entries
+            kind = "missing_sketches" if fields[0].startswith("sketch") else "missing_files"
+            problems.append((kind, f"{path}, line {number}: missing image {image}"))
+            continue
+        entries.append((image, int(fields[1]), int(fields[2]) if len(fields) > 2 else None))
+    return entries, problems
 
 
-def _photo_key(path: Path) -> tuple:
-    """``(id, k)`` of a photo named ``<id>_<k>``."""
-    parts = path.stem.split("_")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        return int(parts[0]), int(parts[1])
-    except ValueError:
-        raise DatasetError(f"{path}: photo name is not <id>_<k>") from None
-
-
-def _images(folder: Path) -> list:
-    return sorted(path for path in folder.iterdir()
-                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def generated_split(ids: list, trial: int, seed: int) -> tuple:
-    """Sorted (train ids, test ids) of a trial: 150/50 people, or 3/4 and 1/4 of fewer."""
-    ids = sorted(ids)
-    if len(ids) < 2:
-        raise DatasetError(f"PKU-Sketch: {len(ids)} person(s) found, cannot split")
-    if len(ids) >= STANDARD_TRAIN + STANDARD_TEST:
-        n_test, n_train = STANDARD_TEST, STANDARD_TRAIN
-    else:
-        n_test = max(1, round(len(ids) / 4))
-        n_train = len(ids) - n_test
-    shuffled = random.Random(seed * 1000 + trial).sample(ids, len(ids))
-    return sorted(shuffled[n_test:n_test + n_train]), sorted(shuffled[:n_test])
-
-
-def _generated(folder: Path, trial: int, seed: int, part: str) -> tuple:
-    photo_dir = require_path(folder / "photo", "PKU-Sketch photos", LAYOUT)
-    sketch_dir = require_path(folder / "sketch", "PKU-Sketch sketches", LAYOUT)
-    photos_of = {}
-    for photo in _images(photo_dir):
-        pid, k = _photo_key(photo)
-        photos_of.setdefault(pid, []).append((photo, pid, k))
-    sketch_of = {path.stem: path for path in _images(sketch_dir)}
-    train_ids, test_ids = generated_split(list(photos_of), trial, seed)
-    log.info("PKU-Sketch: no idx/ folder in %s; generated the split of trial %d (%d train / "
-             "%d test people) from random.Random(seed * 1000 + trial) with seed=%d",
-             folder, trial, len(train_ids), len(test_ids), seed)
-    photos, sketches = [], []
-    for pid in (train_ids if part == "train" else test_ids):
-        if str(pid) not in sketch_of:
-            raise DatasetError(f"PKU-Sketch: person {pid} has photos but no sketch "
-                               f"{sketch_dir / f'{pid}.jpg'}")
-        photos.extend(photos_of[pid])
-        sketches.append((sketch_of[str(pid)], pid, SKETCH_CAM))
+def _indexed_split(folder: Path, trial: int, part: str) -> tuple:
+    index_dir = folder / "idx"
+    lists = []
+    for kind in ("visible", "sketch"):
+        path = require_path(index_dir / f"{part}_{kind}_{trial}.txt",
+                            f"PKU-Sketch {part} {kind} list of trial {trial}", LAYOUT)
+        entries, problems = parse_index(folder, path)
+        stop_at_first(problems)
+        lists.append(entries)
+    photos = [(image, pid, cam if cam is not None else photo_key(image)[1])
+              for image, pid, cam in lists[0]]
+    sketches = [(image, pid, SKETCH_CAM if cam is None else cam) for image, pid, cam in lists[1]]
     return photos, sketches
 
 
 def load_split(root: Path, trial, seed, part: str) -> tuple:
     """``(photos, sketches)`` of ``part`` ("train" or "test") of a trial, each a list of
-    ``(path, id, cam)``: from ``idx/`` when it exists, else drawn from ``seed``."""
-    folder, trial, seed = _folder(root), _trial(trial), int(seed or 0)
-    index_dir = folder / "idx"
-    if not index_dir.is_dir():
-        return _generated(folder, trial, seed, part)
-    photo_index = require_path(index_dir / f"{part}_visible_{trial}.txt",
-                               f"PKU-Sketch {part} photo list of trial {trial}", LAYOUT)
-    sketch_index = require_path(index_dir / f"{part}_sketch_{trial}.txt",
-                                f"PKU-Sketch {part} sketch list of trial {trial}", LAYOUT)
-    return (read_index(folder, photo_index, None),
-            read_index(folder, sketch_index, SKETCH_CAM))
+    ``(path, id, cam)``: from ``idx/`` when it exists, else drawn as ``datasets.prepare``
+    would. Sketch cams never equal a photo cam."""
+    folder, trial = _folder(root), _trial(trial)
+    if (folder / "idx").is_dir():
+        photos, sketches = _indexed_split(folder, trial, part)
+    else:
+        log.info("PKU-Sketch: no idx/ folder in %s; drew the split of trial %d within the "
+                 "sketch styles from random.Random(seed * 1000 + trial) with seed=%d (what "
+                 "python -m datasets.prepare pku-sketch writes)", folder, trial, int(seed or 0))
+        photos, sketches = drawn_split(root, trial, seed, part)
+    photo_cams = {cam for _, _, cam in photos}
+    if any(cam in photo_cams for _, _, cam in sketches):
+        free = min(photo_cams | {SKETCH_CAM}) - 1 if SKETCH_CAM in photo_cams else SKETCH_CAM
+        log.warning("PKU-Sketch trial %d: sketch cameras shared a number with photo cameras; "
+                    "sketches get camera %d", trial, free)
+        sketches = [(path, pid, free) for path, pid, _ in sketches]
+    return photos, sketches
 
 
 # ----------------------------------------------------------------------------
 # Captions
 # ----------------------------------------------------------------------------
 
-def read_captions(path: Path) -> dict:
-    """``{id: [caption, ...]}`` from ``TriReID.txt``, in file order."""
-    captions = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+def parse_captions(path: Path) -> tuple:
+    """``({id: [caption, ...]}, problems)`` from ``TriReID.txt``, in file order."""
+    captions, problems = {}, []
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         name, at, caption = line.partition("@")
         pid, slash, _ = name.strip().partition("/")
-        if not at or not slash:
-            raise DatasetError(f"{path}, line {number}: expected '<id>/<photo>@<caption>', "
-                               f"got {line.strip()[:80]!r}")
-        try:
-            pid = int(pid)
-        except ValueError:
-            raise DatasetError(f"{path}, line {number}: person id {pid!r} is not an "
-                               "integer") from None
-        captions.setdefault(pid, []).append(caption.strip())
+        if not at or not slash or not pid.strip().lstrip("-").isdigit():
+            problems.append(("layout", f"{path}, line {number}: expected "
+                                       f"'<id>/<photo>@<caption>', got {line.strip()[:80]!r}"))
+            continue
+        captions.setdefault(int(pid), []).append(caption.strip())
+    return captions, problems
+
+
+def read_captions(path: Path) -> dict:
+    captions, problems = parse_captions(path)
+    stop_at_first(problems)
     return captions
 
 
@@ -208,7 +307,7 @@ def train_samples(root: Path, trial, seed, reference_indexing: bool = False) -> 
     with both photos.
     """
     photos, sketches = load_split(root, trial, seed, "train")
-    captions = _captions(Path(root) / FOLDER)
+    captions = _captions(_folder(root))
     photos_of = {}
     for path, pid, _ in photos:
         photos_of.setdefault(pid, []).append(path)
@@ -238,7 +337,7 @@ def eval_set(root: Path, trial, seed, split: str) -> EvalSet:
     caption of its person, as written."""
     _check_split(split)
     photos, sketches = load_split(root, trial, seed, "test")
-    captions = _captions(Path(root) / FOLDER)
+    captions = _captions(_folder(root))
     sketch_ids = [pid for _, pid, _ in sketches]
     texts = [choose_caption(captions.get(pid, []), seed, trial, pid) for pid in sketch_ids]
     uncaptioned = sum(1 for text in texts if not text)

@@ -9,21 +9,43 @@ loaders expect the real ones::
 
 or from Python ``generate("data/synthetic", seed=0, scale=0.2)``.
 
-Folders written under ``--out`` (each one only if it is not there already):
+Folders written under ``--out`` (each one only if it is not there already), in
+the forms the datasets are downloaded in; every person has two photos (Market:
+two to four) and every image file is in the format its suffix names:
 
-``CUHK-PEDES/``, ``ICFG-PEDES/``, ``RSTPReid/``
-    ``{train,val,test}_reid.json`` (lists of ``{"id", "file_path", "captions",
-    "split"}``, some train entries also ``"captions_bt"``), photos in
-    ``imgs/<file_path>`` and sketches traced from them in ``imgs-sketch/<file_path>``.
+``CUHK-PEDES/``
+    TBPS-CLIP's ``{train,val,test}_reid.json`` (lists of ``{"id", "file_path",
+    "captions", "split"}``, some train entries also ``"captions_bt"``); photos
+    in ``imgs/<file_path>``, each person's in the folder of one source set:
+    ``CUHK01/<pid:04d><k:03d>.png`` (PNG), ``cam_a/<pid:03d>_<angle>.bmp`` and
+    ``cam_b/<pid:03d>_<angle>.bmp`` (VIPeR, BMP), ``train_query/p<pid>_s<n>.jpg``
+    or, for val and test people, ``test_query/p<pid>_s<n>.jpg`` (CUHK-SYSU), or
+    ``Market/<pid:04d>_c<k>s1_<frame:06d>_01.jpg``; sketches traced from them in
+    ``imgs-sketch2/`` (the Tri-PEDES release's folder) at the same path, a
+    ``.jpg`` for a ``.bmp`` photo.
+``ICFG-PEDES/``
+    ``{train,val,test}_reid.json`` as above; photos named as in MSMT17,
+    ``imgs/<train|test>/<pid:04d>/<pid:04d>_<k:03d>_<cam:02d>_0302morning_<frame:04d>_0.jpg``
+    (``test`` for val and test people), sketches in ``imgs-sketch/`` at the same path.
+``RSTPReid/``
+    the dataset's own ``data_captions.json``, one list of ``{"id", "img_path",
+    "captions", "split"}`` with ``img_path`` ``<pid:04d>_c<cam>_<frame:04d>.jpg``;
+    photos in ``imgs/<img_path>``, sketches in ``imgs-sketch/<img_path>``.
 ``Market-Sketch-1K/``
-    ``photo/{train,query}/XXXX_cYsZ_NNNNNN_00.jpg``,
-    ``sketch/<style>/{train,query}/XXXX_<style>.jpg`` for styles ``A``..``F`` and
-    ``market_attribute.mat`` (Market-1501 attribute struct).
+    ``photo/{train,query}/<pid:04d>_c<cam>s<seq>_<frame:06d>_00.jpg``,
+    ``sketch/<style>/{train,query}/`` for styles ``A``..``F`` with ``<pid:04d>.jpg``
+    in ``A``, ``C``, ``E`` and ``<pid:04d>_<style>.jpg`` in ``B``, ``D``, ``F``
+    (both forms occur in the release), and ``market_attribute.mat`` (Market-1501
+    attribute struct).
 ``PKU-Sketch/``
-    ``photo/<id>_<k>.jpg``, ``sketch/<id>.jpg``, ``TriReID.txt`` and
-    ``idx/{train,test}_{visible,sketch}_<trial>.txt`` (``path id cam style``;
-    photos have cams 1 and 2 and style 0, sketches cam 3 and style 1..6 for the
-    drawing styles A..F).
+    as unpacked from ``PKUSketchRE-ID_V1`` plus the Tri-ReID captions:
+    ``photo/<id>_<cam:02d>_<frame>.jpg`` (two cameras per person, (03, 05),
+    (04, 06) or (05, 07)), ``sketch/<id>.jpg``,
+    ``styleAnnotation/<style>_<count>.txt`` (the ids drawn in painting style
+    ``a``..``e``, one a line; drawn here in styles ``A``..``E``) and
+    ``TriReID.txt`` (``<id>/<photo file name>@<caption>``, a line per photo,
+    with a UTF-8 byte-order mark and CRLF line ends as released).  There are no
+    split files: ``datasets.prepare`` or the loaders make them.
 
 What makes the data a fair test of sketch + text retrieval:
 
@@ -38,11 +60,13 @@ What makes the data a fair test of sketch + text retrieval:
 * the PEDES sketches are traced from the photo's figure (same pose), the
   Market and PKU ones are drawn anew in a neutral pose in one of six styles.
 
-Every file is a function of ``(seed, dataset, person, image)`` only: reruns give
-byte-identical files whatever the number of worker processes.  A finished
-dataset folder carries a ``.synthetic.json`` marker (settings, counts and the
-attributes of every person); such a folder is skipped unless ``--overwrite``.
-Folders without the marker are never touched.
+Names, annotations and sketch styles are planned from ``seed`` in one process,
+and every image is drawn from its own random stream keyed by ``(seed, dataset,
+person, image)``: reruns give byte-identical files whatever the number of
+worker processes.  A finished dataset folder carries a ``.synthetic.json``
+marker (settings, format, counts, the attributes of every person and the styles
+of the drawn sketches); such a folder is skipped unless ``--overwrite`` or
+written in an older format.  Folders without the marker are never touched.
 """
 from __future__ import annotations
 
@@ -73,7 +97,7 @@ HEIGHT, WIDTH = 128, 64          # photo and sketch size (H x W), as Market-1501
 SUPER = 2                        # drawing happens at SUPER x the final size
 JPEG_QUALITY = 92
 MARKER = ".synthetic.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2               # of the files written; a folder in another format is rewritten
 
 DATASETS = ("cuhk-pedes", "icfg-pedes", "rstpreid", "mask1k", "pku-sketch")
 FOLDERS = {
@@ -89,7 +113,6 @@ _BASE_PEOPLE = {"cuhk-pedes": 140, "icfg-pedes": 130, "rstpreid": 110,
                 "mask1k": 120, "pku-sketch": 200}
 _MIN_PEOPLE = {"cuhk-pedes": 10, "icfg-pedes": 10, "rstpreid": 10,
                "mask1k": 8, "pku-sketch": 8}
-PKU_TRIALS = 10
 
 UP_COLOURS = ("black", "white", "red", "purple", "yellow", "gray", "blue", "green")
 DOWN_COLOURS = ("black", "white", "pink", "purple", "yellow", "gray", "blue",
@@ -806,8 +829,20 @@ def render_drawn_sketch(person: Person, style: str, rng: np.random.Generator) ->
     return sketch_from_labels(lab, st, rng)
 
 
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
+
+
 def _save(img: Image.Image, path: str) -> None:
-    img.save(path, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False)
+    """Write ``img`` in the format its file suffix names (JPEG at ``JPEG_QUALITY``)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: cannot tell the image format from {suffix!r}; "
+                         f"expected one of {', '.join(IMAGE_FORMATS)}")
+    fmt = IMAGE_FORMATS[suffix]
+    if fmt == "JPEG":
+        img.save(path, format=fmt, quality=JPEG_QUALITY, subsampling=0, optimize=False)
+    else:
+        img.save(path, format=fmt)
 
 
 def _run_job(job: tuple) -> None:
@@ -986,8 +1021,9 @@ class _Plan:
     name: str
     people: List[Person]
     jobs: List[tuple] = field(default_factory=list)
-    texts: Dict[str, object] = field(default_factory=dict)   # relative path -> JSON / text
+    texts: Dict[str, object] = field(default_factory=dict)   # relative path -> JSON, text or bytes
     mats: Dict[str, dict] = field(default_factory=dict)      # relative path -> savemat dict
+    styles: Dict[int, List[str]] = field(default_factory=dict)  # person -> styles drawn (STYLES)
     photos: int = 0
     sketches: int = 0
 
@@ -998,6 +1034,76 @@ def _assign(groups, split, ids) -> List[Person]:
     for m, pid in zip(members, ids):
         people.append(Person(pid=int(pid), split=split, **m))
     return people
+
+
+# CUHK-PEDES gathered its photos from five re-id sets and keeps each one's folder and file
+# names; four of those forms are imitated here.
+CUHK_SOURCES = ("CUHK01", "VIPeR", "CUHK-SYSU", "Market")
+VIPER_ANGLES = (0, 45, 90, 135, 180)
+SKETCH_FOLDER = {"cuhk-pedes": "imgs-sketch2", "icfg-pedes": "imgs-sketch", "rstpreid": "imgs-sketch"}
+
+
+def _cuhk_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+    """The two photo paths (under ``imgs/``) of every person, in the folder of its source.
+
+    Sources go round a shuffled list of the people, so every source occurs.
+    """
+    rng = _rng(seed, code, 13)
+    order = rng.permutation(len(people))
+    source = {people[int(j)].pid: CUHK_SOURCES[r % len(CUHK_SOURCES)] for r, j in enumerate(order)}
+    # CUHK-SYSU query crops are named after their scene image: one scene number per photo
+    scenes = iter(1 + rng.choice(max(20000, 4 * len(people)), size=2 * len(people), replace=False))
+    paths = {}
+    for p in people:
+        prng = _rng(seed, code, 14, p.pid)
+        src = source[p.pid]
+        if src == "CUHK01":
+            paths[p.pid] = [f"CUHK01/{p.pid:04d}{k:03d}.png" for k in (1, 2)]
+        elif src == "VIPeR":
+            a, b = (int(x) for x in prng.choice(VIPER_ANGLES, size=2))
+            paths[p.pid] = [f"cam_a/{p.pid:03d}_{a}.bmp", f"cam_b/{p.pid:03d}_{b}.bmp"]
+        elif src == "CUHK-SYSU":
+            folder = "train_query" if p.split == "train" else "test_query"
+            paths[p.pid] = [f"{folder}/p{p.pid}_s{int(next(scenes))}.jpg" for _ in (1, 2)]
+        else:
+            frames = prng.integers(1, 160000, size=2)
+            paths[p.pid] = [f"Market/{p.pid:04d}_c{k}s1_{int(f):06d}_01.jpg"
+                            for k, f in zip((1, 2), frames)]
+    return paths
+
+
+def _icfg_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+    """MSMT17 names: ``<train|test>/<pid>/<pid>_<k>_<cam>_0302morning_<frame>_0.jpg``."""
+    paths = {}
+    for p in people:
+        prng = _rng(seed, code, 14, p.pid)
+        cams = prng.choice(np.arange(1, 16), size=2, replace=False)
+        frames = prng.integers(1, 10000, size=2)
+        folder = "train" if p.split == "train" else "test"
+        paths[p.pid] = [f"{folder}/{p.pid:04d}/{p.pid:04d}_{k:03d}_{int(c):02d}_0302morning_{int(f):04d}_0.jpg"
+                        for k, c, f in zip((1, 2), cams, frames)]
+    return paths
+
+
+def _rstp_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+    """RSTPReid names, all in one folder: ``<pid>_c<cam>_<frame>.jpg``."""
+    paths = {}
+    for p in people:
+        prng = _rng(seed, code, 14, p.pid)
+        cams = prng.choice(np.arange(1, 16), size=2, replace=False)
+        frames = prng.integers(1, 10000, size=2)
+        paths[p.pid] = [f"{p.pid:04d}_c{int(c)}_{int(f):04d}.jpg" for c, f in zip(cams, frames)]
+    return paths
+
+
+_PHOTO_PATHS = {"cuhk-pedes": _cuhk_photo_paths, "icfg-pedes": _icfg_photo_paths,
+                "rstpreid": _rstp_photo_paths}
+
+
+def _sketch_path(photo_rel: str) -> str:
+    """Where the traced sketch of a photo goes: same path, but BMP photos get JPEG sketches."""
+    stem, suffix = os.path.splitext(photo_rel)
+    return stem + ".jpg" if suffix == ".bmp" else photo_rel
 
 
 def _plan_pedes(name: str, seed: int, scale: float, root: str) -> _Plan:
@@ -1018,12 +1124,13 @@ def _plan_pedes(name: str, seed: int, scale: float, root: str) -> _Plan:
     people.sort(key=lambda q: q.pid)
     plan = _Plan(name, people)
     caption = _CAPTIONERS[name]
-    entries = {"train": [], "val": [], "test": []}
+    paths = _PHOTO_PATHS[name](seed, code, people)
+    sketches = os.path.join(root, SKETCH_FOLDER[name])
+    entries = []
     for p in people:
-        for k in (1, 2):
-            rel = f"{p.split}/{p.pid:04d}_{k}.jpg"
+        for k, rel in zip((1, 2), paths[p.pid]):
             plan.jobs.append(("photo+trace", (seed, code, 10, p.pid, k), p,
-                              os.path.join(root, "imgs", rel), os.path.join(root, "imgs-sketch", rel)))
+                              os.path.join(root, "imgs", rel), os.path.join(sketches, _sketch_path(rel))))
             crng = _rng(seed, code, 11, p.pid, k)
             n_cap = _pick(crng, _CAPTIONS_PER_PHOTO[name])
             caps = []
@@ -1031,6 +1138,9 @@ def _plan_pedes(name: str, seed: int, scale: float, root: str) -> _Plan:
                 c = caption(p, crng)
                 if c not in caps:
                     caps.append(c)
+            if name == "rstpreid":      # the dataset's own annotation file
+                entries.append({"id": p.pid, "img_path": rel, "captions": caps, "split": p.split})
+                continue
             entry = {"id": p.pid, "file_path": rel, "captions": caps, "split": p.split}
             if p.split == "train" and crng.random() < 0.5:
                 bts = []
@@ -1039,11 +1149,23 @@ def _plan_pedes(name: str, seed: int, scale: float, root: str) -> _Plan:
                     if c not in bts and c not in caps:
                         bts.append(c)
                 entry["captions_bt"] = bts
-            entries[p.split].append(entry)
-    for split, items in entries.items():
-        plan.texts[f"{split}_reid.json"] = items
+            entries.append(entry)
+    if name == "rstpreid":
+        plan.texts["data_captions.json"] = entries
+    else:                               # TBPS-CLIP's split files
+        for split in ("train", "val", "test"):
+            plan.texts[f"{split}_reid.json"] = [e for e in entries if e["split"] == split]
     plan.photos = plan.sketches = 2 * len(people)
     return plan
+
+
+# Market-Sketch-1K names a sketch <pid>.jpg in some style folders and <pid>_<style>.jpg in others
+_MARKET_BARE_NAMES = ("A", "C", "E")
+
+
+def market_sketch_name(pid: int, style: str) -> str:
+    """File name of person ``pid``'s sketch in style folder ``style`` of Market-Sketch-1K."""
+    return f"{pid:04d}.jpg" if style in _MARKET_BARE_NAMES else f"{pid:04d}_{style}.jpg"
 
 
 def _plan_market(seed: int, scale: float, root: str) -> _Plan:
@@ -1070,10 +1192,11 @@ def _plan_market(seed: int, scale: float, root: str) -> _Plan:
             plan.photos += 1
         n_styles = int(prng.integers(2, 7))
         chosen = sorted(prng.choice(len(STYLES), size=n_styles, replace=False).tolist())
+        plan.styles[p.pid] = [STYLES[si] for si in chosen]
         for si in chosen:
             st = STYLES[si]
             plan.jobs.append(("drawn", (seed, code, 12, p.pid, si), p,
-                              os.path.join(root, "sketch", st, p.split, f"{p.pid:04d}_{st}.jpg"), st))
+                              os.path.join(root, "sketch", st, p.split, market_sketch_name(p.pid, st)), st))
             plan.sketches += 1
     plan.mats["market_attribute.mat"] = market_attribute_struct(people)
     return plan
@@ -1095,25 +1218,9 @@ def market_attribute_struct(people: Sequence[Person]) -> dict:
     return {"market_attribute": out}
 
 
-def pku_split(seed: int, people: Sequence[Person], trial: int) -> Tuple[List[int], List[int]]:
-    """Train and test ids of one trial: a quarter of the people (whole groups first)."""
-    rng = _rng(seed, _CODES["pku-sketch"], 20, trial)
-    n_test = int(round(len(people) / 4))
-    by_group: Dict[int, List[int]] = {}
-    for p in people:
-        by_group.setdefault(p.group, []).append(p.pid)
-    groups = list(by_group.values())
-    test: List[int] = []
-    for gi in rng.permutation(len(groups)):
-        g = groups[int(gi)]
-        if len(test) + len(g) <= n_test:
-            test += g
-    if len(test) < n_test:
-        left = [pid for g in groups for pid in g if pid not in test]
-        test += [left[int(i)] for i in rng.permutation(len(left))[: n_test - len(test)]]
-    test_set = set(test)
-    train = sorted(p.pid for p in people if p.pid not in test_set)
-    return train, sorted(test)
+# PKU-Sketch's five painting styles a..e are drawn as the generator's styles A..E
+PKU_STYLES = STYLES[:5]
+PKU_CAMERA_PAIRS = ((3, 5), (4, 6), (5, 7))
 
 
 def _plan_pku(seed: int, scale: float, root: str) -> _Plan:
@@ -1127,26 +1234,30 @@ def _plan_pku(seed: int, scale: float, root: str) -> _Plan:
     people = sorted((Person(pid=int(i), split="all", **m) for m, i in zip(members, ids)),
                     key=lambda q: q.pid)
     plan = _Plan(name, people)
-    lines, styles = [], {}
+    # styles go round a shuffled list of the people, so each style has about n / 5 of them
+    order = _rng(seed, code, 4).permutation(len(people))
+    style_of = {people[int(j)].pid: r % len(PKU_STYLES) for r, j in enumerate(order)}
+    lines = []
     for p in people:
-        for k in (1, 2):
+        prng = _rng(seed, code, 3, p.pid)
+        cams = PKU_CAMERA_PAIRS[int(prng.integers(len(PKU_CAMERA_PAIRS)))]
+        frames = prng.integers(1, 30001, size=2)
+        for k, cam, frame in zip((1, 2), cams, frames):
+            fname = f"{p.pid}_{cam:02d}_{int(frame)}.jpg"
             plan.jobs.append(("photo", (seed, code, 10, p.pid, k), p,
-                              os.path.join(root, "photo", f"{p.pid}_{k}.jpg"), None))
+                              os.path.join(root, "photo", fname), None))
             crng = _rng(seed, code, 11, p.pid, k)
-            lines.append(f"{p.pid}/{p.pid}_{k}.jpg@{caption_cuhk(p, crng)}")
-        si = int(_rng(seed, code, 3, p.pid).integers(len(STYLES)))
-        styles[p.pid] = si + 1
+            lines.append(f"{p.pid}/{fname}@{caption_cuhk(p, crng)}")
+        si = style_of[p.pid]
+        plan.styles[p.pid] = [STYLES[si]]
         plan.jobs.append(("drawn", (seed, code, 12, p.pid, si), p,
                           os.path.join(root, "sketch", f"{p.pid}.jpg"), STYLES[si]))
     plan.photos, plan.sketches = 2 * len(people), len(people)
-    plan.texts["TriReID.txt"] = "\n".join(lines) + "\n"
-    for trial in range(1, PKU_TRIALS + 1):
-        train, test = pku_split(seed, people, trial)
-        for part, ids_ in (("train", train), ("test", test)):
-            vis = [f"photo/{i}_{k}.jpg {i} {k} 0" for i in ids_ for k in (1, 2)]
-            sk = [f"sketch/{i}.jpg {i} 3 {styles[i]}" for i in ids_]
-            plan.texts[f"idx/{part}_visible_{trial}.txt"] = "\n".join(vis) + "\n"
-            plan.texts[f"idx/{part}_sketch_{trial}.txt"] = "\n".join(sk) + "\n"
+    # the released file starts with a UTF-8 byte-order mark and ends its lines with CRLF
+    plan.texts["TriReID.txt"] = ("\ufeff" + "".join(line + "\r\n" for line in lines)).encode("utf-8")
+    for si, style in enumerate(PKU_STYLES):
+        pids = [p.pid for p in people if style_of[p.pid] == si]
+        plan.texts[f"styleAnnotation/{style.lower()}_{len(pids)}.txt"] = "".join(f"{i}\n" for i in pids)
     return plan
 
 
@@ -1187,6 +1298,10 @@ def _write_meta(plan: _Plan, root: str) -> None:
     for rel, content in plan.texts.items():
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if isinstance(content, bytes):     # exact bytes (byte-order mark, CRLF)
+            with open(path, "wb") as fh:
+                fh.write(content)
+            continue
         with open(path, "w", encoding="utf-8", newline="\n") as fh:
             if isinstance(content, str):
                 fh.write(content)
@@ -1212,7 +1327,8 @@ def _clear_mat_timestamp(path: str) -> None:
 def _summary(plan: _Plan, path: str, status: str, seed: int, scale: float) -> dict:
     return {"dataset": plan.name, "folder": path, "status": status, "seed": seed,
             "scale": scale, "people": len(plan.people), "photos": plan.photos,
-            "sketches": plan.sketches, "persons": [p.to_dict() for p in plan.people]}
+            "sketches": plan.sketches, "persons": [p.to_dict() for p in plan.people],
+            "sketch_styles": {str(pid): styles for pid, styles in plan.styles.items()}}
 
 
 def _folder_size(path: str) -> int:
@@ -1225,8 +1341,12 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Optional[Sequ
 
     Each entry has ``status`` (``generated``, ``skipped`` when a finished folder
     was there already, ``foreign`` when a folder not written by this module was
-    there and left alone), ``people``, ``photos``, ``sketches``, ``folder`` and
-    ``persons`` (the attributes of every person, :meth:`Person.to_dict`).
+    there and left alone), ``people``, ``photos``, ``sketches``, ``folder``,
+    ``persons`` (the attributes of every person, :meth:`Person.to_dict`) and
+    ``sketch_styles`` (``{"<pid>": [style, ...]}``, the styles of ``STYLES`` each
+    person's drawn sketches are in; empty for the PEDES sets, whose sketches are
+    traced).  A finished folder written in another ``FORMAT_VERSION`` is
+    regenerated even without ``overwrite``.
     """
     names = list(DATASETS if datasets is None else datasets)
     for nm in names:
@@ -1245,10 +1365,18 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Optional[Sequ
             if not marker.is_file():
                 log.warning("%s exists and was not written by this generator: left alone", final)
                 summary[nm] = {"dataset": nm, "folder": str(final), "status": "foreign",
-                               "people": 0, "photos": 0, "sketches": 0, "persons": []}
+                               "people": 0, "photos": 0, "sketches": 0, "persons": [],
+                               "sketch_styles": {}}
                 continue
-            if not overwrite:
+            try:
                 info = json.loads(marker.read_text())
+            except ValueError:          # a damaged marker: treat as an unknown format
+                info = {}
+            if info.get("format") != FORMAT_VERSION:
+                # our own folder in an older layout would only confuse the loaders
+                log.warning("%s was written in format %s, not %s: regenerating it",
+                            final, info.get("format"), FORMAT_VERSION)
+            elif not overwrite:
                 if (info.get("seed"), info.get("scale")) != (seed, scale):
                     log.warning("%s was generated with seed=%s scale=%s; keeping it "
                                 "(use --overwrite to regenerate)", final, info.get("seed"), info.get("scale"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import check, make_sketches
+from datasets import check, make_sketches, pedes, prepare
 from datasets.synthetic import generate
 
 SCALE = 0.1
@@ -48,7 +48,7 @@ def _state(folder: Path) -> dict:
 # ----------------------------------------------------------------------------
 
 def test_sketch_of_draws_dark_lines_on_white(data):
-    photo = Image.open(next((data[0] / "CUHK-PEDES" / "imgs" / "train").glob("*.jpg")))
+    photo = Image.open(next((data[0] / "CUHK-PEDES" / "imgs").rglob("*.jpg")))
     sketch = make_sketches.sketch_of(photo)
     assert sketch.size == photo.size
     pixels = np.asarray(sketch.convert("RGB"), np.int16)
@@ -71,9 +71,10 @@ def test_make_sketches_writes_skips_and_overwrites(data, tmp_path, capsys):
     assert _files(dst) == names
     out = capsys.readouterr().out
     assert f"{len(names)} written, 0 skipped" in out and "0 failed" in out
+    assert {Path(name).suffix for name in names} == {".jpg", ".png", ".bmp"}
     for name in names:
         with Image.open(src / name) as photo, Image.open(dst / name) as sketch:
-            assert sketch.size == photo.size and sketch.format == "JPEG"
+            assert sketch.size == photo.size and sketch.format == photo.format
             assert sketch.mode == "L"
 
     before = _state(dst)
@@ -92,7 +93,7 @@ def test_make_sketches_writes_skips_and_overwrites(data, tmp_path, capsys):
 
 
 def test_make_sketches_file_kinds_and_leftovers(data, tmp_path, capsys):
-    photo = Image.open(data[0] / "PKU-Sketch" / "photo" / "1_1.jpg")
+    photo = Image.open(next((data[0] / "PKU-Sketch" / "photo").glob("1_*.jpg")))
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "a" / "b").mkdir(parents=True)
     photo.save(src / "a" / "UPPER.JPG")
@@ -228,7 +229,7 @@ def test_check_finds_every_problem(cuhk_copy, tmp_path, capsys):
     folder = cuhk_copy / "CUHK-PEDES"
     train = json.loads((folder / "train_reid.json").read_text())
     test = json.loads((folder / "test_reid.json").read_text())
-    lost_sketch = folder / "imgs-sketch" / train[0]["file_path"]
+    lost_sketch = pedes.SketchFinder(folder).find(train[0]["file_path"])
     lost_sketch.unlink()
     broken_photo = folder / "imgs" / test[1]["file_path"]
     broken_photo.write_bytes(b"\xff\xd8 garbage, not a photo")
@@ -241,11 +242,11 @@ def test_check_finds_every_problem(cuhk_copy, tmp_path, capsys):
     status = _check(cuhk_copy, "data.dataset=cuhk-pedes", json_path=tmp_path / "r.json")
     out = capsys.readouterr().out
     assert status == 1
-    assert f"imgs-sketch/{train[0]['file_path']}" in out
+    assert f"no sketch of photo {train[0]['file_path']}" in out
     assert f"imgs/{test[1]['file_path']}" in out
     assert "test/ghost_1.jpg" in out and "id 4242" in out
     assert "lacks file_path, captions" in out
-    assert "val_reid.json has no entries" in out
+    assert "val_reid.json: the val split is empty" in out
     assert "training would fail" in out
     problems = json.loads((tmp_path / "r.json").read_text())["problems"]
     assert {key: len(items) for key, items in problems.items() if items} == {
@@ -270,6 +271,7 @@ def test_check_unreadable_only_is_skipped_with_skip_bad_images(cuhk_copy, capsys
 def test_check_pku_problems(data, tmp_path, capsys):
     root = tmp_path / "root"
     shutil.copytree(data[0] / "PKU-Sketch", root / "PKU-Sketch")
+    assert prepare.main(["pku-sketch", "--root", str(root), "--trials", "2"]) == 0
     index = root / "PKU-Sketch" / "idx" / "test_visible_1.txt"
     index.write_text(index.read_text() + "photo/999_1.jpg 999 1 0\n")
     (root / "PKU-Sketch" / "sketch" / "1.jpg").unlink()
@@ -281,7 +283,7 @@ def test_check_pku_problems(data, tmp_path, capsys):
     shutil.rmtree(root / "PKU-Sketch" / "idx")  # splits drawn from the seed instead
     assert _check(root, "data.dataset=pku-sketch", "data.trials=[1]") == 1
     out = capsys.readouterr().out
-    assert "generated from seed=" in out and "PKU-Sketch/sketch/1.jpg" in out
+    assert "drawn from seed=" in out and "PKU-Sketch/sketch/1.jpg" in out
 
 
 @pytest.mark.parametrize("override", ["data.dataset=nope", "data.root={missing}"])
@@ -297,7 +299,8 @@ def test_check_bad_input_exits_2(data, tmp_path, capsys, override):
 
 
 def test_check_lists_20_problems_then_a_count(cuhk_copy, tmp_path, capsys):
-    sketches = sorted((cuhk_copy / "CUHK-PEDES" / "imgs-sketch").rglob("*.jpg"))
+    sketches = sorted(path for path in (cuhk_copy / "CUHK-PEDES" / "imgs-sketch2").rglob("*")
+                      if path.is_file())
     assert len(sketches) > check.LIST_LIMIT
     for sketch in sketches:
         sketch.unlink()

@@ -196,11 +196,11 @@ def test_pedes_sketch_queries_and_captions(synthetic_root):
 
 
 def test_missing_back_translations_become_empty_captions(synthetic_root, tmp_path):
-    entries = pedes.read_annotations(synthetic_root, "rstpreid", "train")
+    entries = pedes.read_annotations(synthetic_root, "cuhk-pedes", "train")
     without = [e for e in entries if "captions_bt" not in e]
     assert without and len(without) < len(entries)  # the generator gives some, not all
-    kept = pedes.train_samples(synthetic_root, ["rstpreid"])
-    quirk = pedes.train_samples(synthetic_root, ["rstpreid"], empty_missing_backtrans=True)
+    kept = pedes.train_samples(synthetic_root, ["cuhk-pedes"])
+    quirk = pedes.train_samples(synthetic_root, ["cuhk-pedes"], empty_missing_backtrans=True)
     assert len(kept) == len(quirk)
     empty = [s for s in quirk if s.captions_bt == ("",)]
     assert len(empty) == sum(len(e["captions"]) for e in without)

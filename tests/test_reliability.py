@@ -133,20 +133,22 @@ def pedes_copy(synthetic_root, tmp_path):
 
 def _damage(root: Path, problem: str) -> str:
     """Break the dataset copy; return the message the error must contain."""
-    folder = root / "RSTPReid"
-    entries = json.loads((folder / "train_reid.json").read_text())
+    folder = root / "RSTPReid"  # the dataset's own annotation file, data_captions.json
+    annotations = folder / "data_captions.json"
+    entries = json.loads(annotations.read_text())
+    first = folder / "imgs" / next(e for e in entries if e["split"] == "train")["img_path"]
     if problem == "malformed-json":
-        (folder / "train_reid.json").write_text('[{"id": 1, "file_path": "a.jpg",\n "captions": [}]')
-        return "train_reid.json: malformed JSON at line 2"
+        annotations.write_text('[{"id": 1, "img_path": "a.jpg",\n "captions": [}]')
+        return "data_captions.json: malformed JSON at line 2"
     if problem == "missing-image":
-        (folder / "imgs" / entries[0]["file_path"]).unlink()
-        return "points at a missing file: " + str(folder / "imgs" / entries[0]["file_path"])
+        first.unlink()
+        return "points at a missing photo: " + str(first)
     if problem == "corrupt-image":
-        (folder / "imgs" / entries[0]["file_path"]).write_bytes(b"\xff\xd8 garbage")
-        return "corrupt or unreadable image: " + str(folder / "imgs" / entries[0]["file_path"])
+        first.write_bytes(b"\xff\xd8 garbage")
+        return "corrupt or unreadable image: " + str(first)
     if problem == "empty-split":
-        (folder / "test_reid.json").write_text("[]")
-        return "test_reid.json: the test split is empty"
+        annotations.write_text(json.dumps([e for e in entries if e["split"] != "test"]))
+        return "data_captions.json: the test split is empty"
     if problem == "missing-folder":
         shutil.rmtree(folder)
         return "rstpreid folder not found: " + str(folder)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from datasets import market_sketch, pku_sketch
+from datasets import market_sketch, pku_sketch, prepare
 from datasets import synthetic as S
 from datasets.captions import clause_pieces, feedback_rounds, pre_caption
 from utils.errors import DatasetError
@@ -199,21 +200,27 @@ def test_market_sketch_without_train_photo(generated, tmp_path):
 # PKU-Sketch
 # ----------------------------------------------------------------------------
 
+def _caption_lines(root) -> list:
+    return (root / "PKU-Sketch" / "TriReID.txt").read_text(encoding="utf-8-sig").splitlines()
+
+
 def test_pku_train_samples(generated):
     root, _ = generated
     samples = pku_sketch.train_samples(root, None, 0)
-    lines = (root / "PKU-Sketch" / "TriReID.txt").read_text().splitlines()
+    lines = _caption_lines(root)
     ids = sorted(int(s.sketch.stem) for s in samples)
     assert len(ids) == len(set(ids)) == 15
     assert sorted(s.label for s in samples) == list(range(15))
     for sample in samples:
         pid = int(sample.sketch.stem)
         assert sample.label == ids.index(pid)
-        assert sorted(p.name for p in sample.photos) == [f"{pid}_1.jpg", f"{pid}_2.jpg"]
-        assert {_pku_id(p) for p in sample.photos} == {pid}
+        assert len(sample.photos) == 2 and {_pku_id(p) for p in sample.photos} == {pid}
+        assert all(re.fullmatch(rf"{pid}_0[3-7]_[1-9]\d*\.jpg", p.name) for p in sample.photos)
         assert list(sample.captions) == [line.split("@", 1)[1] for line in lines
                                          if line.startswith(f"{pid}/")]
-    assert [s.sketch for s in samples] == [s.sketch for s in pku_sketch.train_samples(root, 1, 5)]
+    # Trial None is trial 1; without idx/ the split follows the seed.
+    assert [s.sketch for s in samples] == [s.sketch for s in pku_sketch.train_samples(root, 1, 0)]
+    assert [s.sketch for s in samples] != [s.sketch for s in pku_sketch.train_samples(root, 1, 5)]
 
 
 def test_pku_trials_disjoint_and_different(generated):
@@ -226,39 +233,43 @@ def test_pku_trials_disjoint_and_different(generated):
         assert sorted(s.label for s in train) == list(range(len(train_ids)))
         assert not train_ids & set(ev.gallery_ids) and not train_ids & set(ev.sketch_ids)
         assert set(ev.gallery_ids) == set(ev.sketch_ids)
-        assert ev.gallery_cams and set(ev.gallery_cams) == {1, 2} and set(ev.sketch_cams) == {3}
+        # Cameras from the photo names (03..07); sketches camera 0, which no photo has.
+        assert ev.gallery_cams == [int(p.stem.split("_")[1]) for p in ev.gallery_paths]
+        assert set(ev.gallery_cams) <= {3, 4, 5, 6, 7} and set(ev.sketch_cams) == {0}
         test_sets.append(frozenset(ev.sketch_ids))
     assert len(set(test_sets)) == 10
 
 
-def test_pku_generated_split_without_idx(generated, tmp_path, caplog):
-    root = _copy(generated, tmp_path, "PKU-Sketch", ignore=["idx"])
+def test_pku_split_drawn_within_styles_without_idx(generated, caplog):
+    root, _ = generated
     with caplog.at_level(logging.INFO, logger="datasets.pku_sketch"):
         train = pku_sketch.train_samples(root, 2, 3)
-    assert "generated the split of trial 2" in caplog.text and "seed=3" in caplog.text
+    assert "drew the split of trial 2 within the sketch styles" in caplog.text
+    assert "seed=3" in caplog.text
     ev = pku_sketch.eval_set(root, 2, 3, "test")
     train_ids = {int(s.sketch.stem) for s in train}
     test_ids = set(ev.sketch_ids)
     assert (len(train_ids), len(test_ids)) == (15, 5)       # 3/4 and 1/4 of 20 people
     assert not train_ids & test_ids and len(train_ids | test_ids) == 20
-    assert ev.gallery_cams == [int(p.stem.split("_")[1]) for p in ev.gallery_paths]
-    assert ev.sketch_cams == [3] * 5
+    styles, _ = pku_sketch.read_styles(root / "PKU-Sketch")
+    expected = pku_sketch._test_counts({style: len(ids) for style, ids in styles.items()})
+    assert {style: len(set(ids) & test_ids) for style, ids in styles.items()} == expected
     again = pku_sketch.eval_set(root, 2, 3, "test")
     assert again.sketch_ids == ev.sketch_ids and again.feedback == ev.feedback
     others = {frozenset(pku_sketch.eval_set(root, trial, 3, "test").sketch_ids)
               for trial in range(1, 11)}
     assert len(others) > 5
-    standard_train, standard_test = pku_sketch.generated_split(list(range(1, 201)), 1, 0)
-    assert (len(standard_train), len(standard_test)) == (150, 50)
 
 
 def test_pku_caption_choice_deterministic_and_seeded(generated):
     root, _ = generated
     first = pku_sketch.eval_set(root, 1, 0, "test")
     assert pku_sketch.eval_set(root, 1, 0, "test").text_queries == first.text_queries
-    lines = (root / "PKU-Sketch" / "TriReID.txt").read_text().splitlines()
+    lines = _caption_lines(root)
+    photos = {pid: [p.name for p in first.gallery_paths if _pku_id(p) == pid]
+              for pid in first.sketch_ids}
     for pid, text, feedback in zip(first.sketch_ids, first.text_queries, first.feedback):
-        assert f"{pid}/{pid}_1.jpg@{text}" in lines or f"{pid}/{pid}_2.jpg@{text}" in lines
+        assert any(f"{pid}/{name}@{text}" in lines for name in photos[pid])
         assert feedback == text  # the raw caption, as written
     assert first.text_ids == first.sketch_ids
     by_seed = {tuple(pku_sketch.eval_set(root, 1, seed, "test").text_queries)
@@ -271,7 +282,7 @@ def test_pku_person_without_caption(generated, tmp_path, caplog):
     first = pku_sketch.eval_set(root, 1, 0, "test")
     gone = first.sketch_ids[0]
     captions = root / "PKU-Sketch" / "TriReID.txt"
-    captions.write_text("".join(line + "\n" for line in captions.read_text().splitlines()
+    captions.write_text("".join(line + "\n" for line in _caption_lines(root)
                                 if not line.startswith(f"{gone}/")))
     with caplog.at_level(logging.WARNING, logger="datasets.pku_sketch"):
         ev = pku_sketch.eval_set(root, 1, 0, "test")
@@ -287,6 +298,7 @@ def test_pku_errors(generated, tmp_path):
     root = _copy(generated, tmp_path, "PKU-Sketch")
     with pytest.raises(DatasetError, match="PKU-Sketch has only a test split"):
         pku_sketch.eval_set(root, 1, 0, "val")
+    prepare.main(["pku-sketch", "--root", str(root), "--trials", "10"])
     with pytest.raises(DatasetError, match=r"test_visible_11\.txt"):
         pku_sketch.eval_set(root, 11, 0, "test")
     index = root / "PKU-Sketch" / "idx" / "train_sketch_4.txt"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import os
 import re
@@ -42,60 +43,179 @@ def test_summary_counts(generated):
         assert (root / S.FOLDERS[name] / S.MARKER).is_file()
         assert info["people"] == len(info["persons"]) >= S._MIN_PEOPLE[name]
         assert info["photos"] >= 2 * info["people"]
+        assert info["format"] == S.FORMAT_VERSION
+        marker = json.loads((root / S.FOLDERS[name] / S.MARKER).read_text())
+        assert marker["format"] == S.FORMAT_VERSION and marker["persons"] == info["persons"]
+        drawn = name in ("mask1k", "pku-sketch")       # the PEDES sketches are traced
+        assert bool(info["sketch_styles"]) == drawn
+        if drawn:
+            assert set(info["sketch_styles"]) == {str(p["pid"]) for p in info["persons"]}
+            assert sum(map(len, info["sketch_styles"].values())) == info["sketches"]
     assert summary["pku-sketch"]["people"] == 40          # 200 at scale 1
     assert not any(p.name.endswith(".partial") for p in root.iterdir())
+
+
+FORMAT_OF = {".jpg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
+
+
+def _format(path):
+    """The format PIL reads from the file's bytes (not from its name)."""
+    with Image.open(path) as img:
+        return img.format
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _pedes_entries(ds, name):
+    """Every annotation entry as ``(entry, relative photo path)``, from the files the dataset ships."""
+    if name == "rstpreid":
+        entries = json.loads((ds / "data_captions.json").read_text())
+        assert isinstance(entries, list) and entries
+        return [(e, e["img_path"]) for e in entries]
+    out = []
+    for split in ("train", "val", "test"):
+        entries = json.loads((ds / f"{split}_reid.json").read_text())
+        assert isinstance(entries, list) and entries
+        assert all(e["split"] == split for e in entries)
+        out += [(e, e["file_path"]) for e in entries]
+    return out
+
+
+CUHK_FORMS = {  # source -> regex of a photo path under imgs/ (groups: pid, photo number or cam)
+    "CUHK01": r"CUHK01/(\d{4})00([12])\.png",
+    "VIPeR": r"cam_([ab])/(\d{3})_(0|45|90|135|180)\.bmp",
+    "CUHK-SYSU": r"(train|test)_query/p(\d+)_s(\d+)\.jpg",
+    "Market": r"Market/(\d{4})_c([12])s1_\d{6}_01\.jpg",
+}
+
+
+def _cuhk_source(rel, person):
+    """Which source folder ``rel`` is in, checking that its name fits ``person``."""
+    for source, pattern in CUHK_FORMS.items():
+        m = re.fullmatch(pattern, rel)
+        if not m:
+            continue
+        if source == "VIPeR":
+            assert int(m.group(2)) == person.pid, rel
+        elif source == "CUHK-SYSU":
+            assert int(m.group(2)) == person.pid, rel
+            assert m.group(1) == ("train" if person.split == "train" else "test"), rel
+        else:
+            assert int(m.group(1)) == person.pid, rel
+        return source
+    raise AssertionError(f"{rel} is in none of CUHK-PEDES's source forms")
 
 
 @pytest.mark.parametrize("name", ["cuhk-pedes", "icfg-pedes", "rstpreid"])
 def test_pedes_layout(generated, name):
     root, summary = generated
     ds = root / S.FOLDERS[name]
+    sketch_dir = ds / ("imgs-sketch2" if name == "cuhk-pedes" else "imgs-sketch")
+    other = ds / ("imgs-sketch" if name == "cuhk-pedes" else "imgs-sketch2")
+    assert sketch_dir.is_dir() and not other.exists()
     people = {p.pid: p for p in _persons(summary, name)}
-    ids_by_split, photos_per_id, with_bt = {}, Counter(), 0
-    for split in ("train", "val", "test"):
-        entries = json.loads((ds / f"{split}_reid.json").read_text())
-        assert isinstance(entries, list) and entries
-        ids = set()
-        for e in entries:
-            assert set(e) <= {"id", "file_path", "captions", "split", "captions_bt"}
-            assert isinstance(e["id"], int) and e["split"] == split
-            assert re.fullmatch(rf"{split}/{e['id']:04d}_[12]\.jpg", e["file_path"])
-            assert (ds / "imgs" / e["file_path"]).is_file()
-            assert (ds / "imgs-sketch" / e["file_path"]).is_file()
-            assert 1 <= len(e["captions"]) <= 2
-            assert all(isinstance(c, str) and len(c.split()) >= 5 for c in e["captions"])
-            if "captions_bt" in e:
-                assert split == "train"
-                assert len(e["captions_bt"]) == len(e["captions"])
-                assert not set(e["captions_bt"]) & set(e["captions"])
-                with_bt += 1
-            # every caption names the colours that tell group members apart
-            p = people[e["id"]]
-            assert p.split == split
-            for text in e["captions"] + e.get("captions_bt", []):
-                for colour in p.top + (p.lower_colour,):
-                    assert colour in text
-            ids.add(e["id"])
-            photos_per_id[e["id"]] += 1
-        ids_by_split[split] = ids
+    ids_by_split = defaultdict(set)
+    paths_of = defaultdict(list)
+    with_bt = 0
+    for e, rel in _pedes_entries(ds, name):
+        path_key = "img_path" if name == "rstpreid" else "file_path"
+        allowed = {"id", path_key, "captions", "split"} | ({"captions_bt"} if name != "rstpreid" else set())
+        assert {"id", path_key, "captions", "split"} <= set(e) <= allowed, e
+        assert isinstance(e["id"], int) and e["split"] in ("train", "val", "test")
+        photo = ds / "imgs" / rel
+        assert photo.is_file(), rel
+        assert _format(photo) == FORMAT_OF[photo.suffix], rel
+        sketch_rel = rel[:-4] + ".jpg" if rel.endswith(".bmp") else rel
+        sketch = sketch_dir / sketch_rel
+        assert sketch.is_file(), sketch_rel
+        assert _format(sketch) == FORMAT_OF[sketch.suffix], sketch_rel
+        assert 1 <= len(e["captions"]) <= 2
+        assert all(isinstance(c, str) and len(c.split()) >= 5 for c in e["captions"])
+        if "captions_bt" in e:
+            assert e["split"] == "train"
+            assert len(e["captions_bt"]) == len(e["captions"])
+            assert not set(e["captions_bt"]) & set(e["captions"])
+            with_bt += 1
+        # every caption names the colours that tell group members apart
+        p = people[e["id"]]
+        assert p.split == e["split"]
+        for text in e["captions"] + e.get("captions_bt", []):
+            for colour in p.top + (p.lower_colour,):
+                assert colour in text
+        ids_by_split[e["split"]].add(e["id"])
+        paths_of[e["id"]].append(rel)
     tr, va, te = ids_by_split["train"], ids_by_split["val"], ids_by_split["test"]
-    assert not (tr & va or tr & te or va & te)
-    assert set(photos_per_id.values()) == {2}
+    assert not (tr & va or tr & te or va & te) and tr and va and te
+    assert {len(v) for v in paths_of.values()} == {2}
     assert set(people) == tr | va | te
-    assert with_bt > 0
-    # on disk there is nothing else than what the JSON lists
-    listed = {(s + "/" + f.name) for s in ("train", "val", "test") for f in (ds / "imgs" / s).iterdir()}
-    assert len(listed) == 2 * len(people)
+    assert (with_bt > 0) == (name != "rstpreid")
+    # on disk there is nothing else than what the annotations list
+    listed = sorted(rel for rels in paths_of.values() for rel in rels)
+    assert _files(ds / "imgs") == listed
+    assert len(_files(sketch_dir)) == len(listed)
+    meta = sorted(f.name for f in ds.iterdir() if f.is_file())
+    if name == "rstpreid":
+        assert meta == [S.MARKER, "data_captions.json"]
+    else:
+        assert meta == sorted([S.MARKER] + [f"{s}_reid.json" for s in ("train", "val", "test")])
+        assert not (ds / "data_captions.json").exists()
+
+    if name == "rstpreid":
+        for pid, rels in paths_of.items():
+            cams = set()
+            for rel in rels:
+                m = re.fullmatch(r"(\d{4})_c(\d{1,2})_(\d{4})\.jpg", rel)   # flat, no folders
+                assert m and int(m.group(1)) == pid, rel
+                cams.add(int(m.group(2)))
+            assert len(cams) == 2 and cams <= set(range(1, 16))
+    elif name == "icfg-pedes":
+        for pid, rels in paths_of.items():
+            folder = "train" if people[pid].split == "train" else "test"
+            got = []
+            for rel in rels:
+                m = re.fullmatch(rf"{folder}/{pid:04d}/{pid:04d}_(\d{{3}})_(\d{{2}})_0302morning_\d{{4}}_0\.jpg", rel)
+                assert m, rel
+                got.append(int(m.group(1)))
+                assert 1 <= int(m.group(2)) <= 15
+            assert sorted(got) == [1, 2]
+    else:
+        sources, scenes = Counter(), []
+        for pid, rels in paths_of.items():
+            found = {_cuhk_source(rel, people[pid]) for rel in rels}
+            assert len(found) == 1, rels           # one person, one source set
+            source = found.pop()
+            sources[source] += 1
+            if source == "VIPeR":                  # one photo from each camera
+                assert sorted(rel.split("/")[0] for rel in rels) == ["cam_a", "cam_b"]
+            if source == "CUHK-SYSU":
+                scenes += [int(re.search(r"_s(\d+)\.jpg$", rel).group(1)) for rel in rels]
+        assert set(sources) == set(CUHK_FORMS)     # every form occurs
+        assert len(scenes) == len(set(scenes))
+        suffixes = {Path(rel).suffix for rel in listed}
+        assert suffixes == {".png", ".bmp", ".jpg"}
+        sketch_suffixes = {Path(rel).suffix for rel in _files(sketch_dir)}
+        assert sketch_suffixes == {".png", ".jpg"}  # a BMP photo's sketch is a JPEG
 
 
 def test_caption_styles_differ(generated):
     root, _ = generated
     first = {}
     for name in ("cuhk-pedes", "icfg-pedes", "rstpreid"):
-        entries = json.loads((root / S.FOLDERS[name] / "train_reid.json").read_text())
-        caps = [c for e in entries for c in e["captions"]]
+        entries = _pedes_entries(root / S.FOLDERS[name], name)
+        caps = [c for e, _ in entries if e["split"] == "train" for c in e["captions"]]
         first[name] = np.mean([len(c.split()) for c in caps])
     assert first["icfg-pedes"] > first["cuhk-pedes"] > first["rstpreid"]
+
+
+def test_save_picks_the_format_from_the_suffix(tmp_path):
+    img = Image.new("RGB", (8, 16), (200, 30, 40))
+    for suffix, fmt in FORMAT_OF.items():
+        S._save(img, str(tmp_path / f"x{suffix}"))
+        assert _format(tmp_path / f"x{suffix}") == fmt
+    with pytest.raises(ValueError, match=r"\.gif"):
+        S._save(img, str(tmp_path / "x.gif"))
 
 
 def test_market_layout(generated):
@@ -111,21 +231,26 @@ def test_market_layout(generated):
             m = re.fullmatch(r"(\d{4})_c([1-6])s([1-6])_(\d{6})_00\.jpg", n)
             assert m, n
             assert split_of[int(m.group(1))] == split
+            assert _format(ds / "photo" / split / n) == "JPEG"
             per_id[int(m.group(1))] += 1
         assert set(per_id) == {pid for pid, s in split_of.items() if s == split}
         assert min(per_id.values()) >= 2
     styles = defaultdict(set)
     for style in S.STYLES:
+        # the release names sketches <pid>.jpg in some style folders, <pid>_<style>.jpg in others
+        pattern = r"(\d{4})\.jpg" if style in "ACE" else rf"(\d{{4}})_{style}\.jpg"
         for split in ("train", "query"):
             folder = ds / "sketch" / style / split
             assert folder.is_dir()
             for f in folder.iterdir():
-                m = re.fullmatch(rf"(\d{{4}})_{style}\.jpg", f.name)
+                m = re.fullmatch(pattern, f.name)
                 assert m, f
                 assert split_of[int(m.group(1))] == split
+                assert _format(f) == "JPEG"
                 styles[int(m.group(1))].add(style)
     assert set(styles) == set(split_of)
     assert all(2 <= len(s) <= 6 for s in styles.values())
+    assert {str(pid): sorted(s) for pid, s in styles.items()} == summary["mask1k"]["sketch_styles"]
 
 
 def test_market_attribute_mat(generated):
@@ -159,52 +284,85 @@ def test_market_attribute_mat(generated):
     assert train["image_index"][0, 0].dtype == object
 
 
-def test_pku_layout(generated):
+def test_pku_layout(generated, tmp_path):
     root, summary = generated
     ds = root / "PKU-Sketch"
     n = summary["pku-sketch"]["people"]
     ids = set(range(1, n + 1))
-    assert {p.pid for p in _persons(summary, "pku-sketch")} == ids
-    for i in ids:
-        assert (ds / "photo" / f"{i}_1.jpg").is_file() and (ds / "photo" / f"{i}_2.jpg").is_file()
-        assert (ds / "sketch" / f"{i}.jpg").is_file()
-    lines = (ds / "TriReID.txt").read_text().splitlines()
-    per_id = Counter()
+    people = {p.pid: p for p in _persons(summary, "pku-sketch")}
+    assert set(people) == ids
+    # as unpacked from PKUSketchRE-ID_V1, plus TriReID.txt; no split files
+    assert sorted(f.name for f in ds.iterdir()) == sorted(
+        [S.MARKER, "TriReID.txt", "photo", "sketch", "styleAnnotation"])
+    assert not (ds / "idx").exists()
+    photos = defaultdict(list)
+    for f in (ds / "photo").iterdir():
+        m = re.fullmatch(r"(\d+)_(\d{2})_([1-9]\d*)\.jpg", f.name)
+        assert m, f.name
+        assert 1 <= int(m.group(3)) <= 30000
+        assert _format(f) == "JPEG"
+        photos[int(m.group(1))].append((int(m.group(2)), f.name))
+    assert set(photos) == ids
+    pairs = set()
+    for pid, shots in photos.items():
+        cams = tuple(sorted(c for c, _ in shots))
+        assert cams in S.PKU_CAMERA_PAIRS, (pid, cams)
+        pairs.add(cams)
+    assert pairs == set(S.PKU_CAMERA_PAIRS)
+    assert sorted(f.name for f in (ds / "sketch").iterdir()) == sorted(f"{i}.jpg" for i in ids)
+    assert all(_format(f) == "JPEG" for f in (ds / "sketch").iterdir())
+
+    # TriReID.txt as released: a UTF-8 byte-order mark and CRLF line ends
+    raw = (ds / "TriReID.txt").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and not raw.startswith(b"\xef\xbb\xbf\xef\xbb\xbf")
+    assert raw.endswith(b"\r\n") and raw.count(b"\n") == raw.count(b"\r\n") == 2 * n
+    lines = raw.decode("utf-8-sig").split("\r\n")[:-1]
+    named = Counter()
     for line in lines:
-        m = re.fullmatch(r"(\d+)/(\d+_[12]\.jpg)@(.+)", line)
+        m = re.fullmatch(r"(\d+)/([^/@]+\.jpg)@(.+)", line)
         assert m, line
-        assert (ds / "photo" / m.group(2)).is_file() and m.group(2).startswith(m.group(1) + "_")
-        per_id[int(m.group(1))] += 1
-    assert set(per_id) == ids and set(per_id.values()) == {2}
-    splits = set()
-    for trial in range(1, 11):
-        got = {}
-        for part in ("train", "test"):
-            vis = (ds / "idx" / f"{part}_visible_{trial}.txt").read_text().splitlines()
-            sk = (ds / "idx" / f"{part}_sketch_{trial}.txt").read_text().splitlines()
-            vis_ids, sk_ids = set(), set()
-            for line in vis:
-                path, pid, cam, style = line.split()
-                assert (ds / path).is_file() and path == f"photo/{pid}_{cam}.jpg" and style == "0"
-                vis_ids.add(int(pid))
-            for line in sk:
-                path, pid, cam, style = line.split()
-                assert (ds / path).is_file() and path == f"sketch/{pid}.jpg" and cam == "3"
-                assert 1 <= int(style) <= 6
-                sk_ids.add(int(pid))
-            assert vis_ids == sk_ids and len(vis) == 2 * len(sk)
-            got[part] = vis_ids
-        assert not got["train"] & got["test"] and got["train"] | got["test"] == ids
-        assert len(got["test"]) == n // 4 and len(got["train"]) == n - n // 4
-        splits.add(frozenset(got["test"]))
-    assert len(splits) > 5
+        pid, fname = int(m.group(1)), m.group(2)
+        assert fname in {name for _, name in photos[pid]}, line
+        for colour in people[pid].top + (people[pid].lower_colour,):
+            assert colour in m.group(3)
+        named[fname] += 1
+    assert set(named) == {name for shots in photos.values() for _, name in shots}
+    assert set(named.values()) == {1}
+
+    # styleAnnotation: every person in exactly one of the five painting styles a..e
+    style_of = {}
+    files = sorted(f.name for f in (ds / "styleAnnotation").iterdir())
+    assert [f[0] for f in files] == list("abcde")
+    for fname in files:
+        m = re.fullmatch(r"([a-e])_(\d+)\.txt", fname)
+        assert m, fname
+        listed = (ds / "styleAnnotation" / fname).read_text().split()
+        assert len(listed) == int(m.group(2)) > 0
+        for pid in listed:
+            assert int(pid) not in style_of, pid
+            style_of[int(pid)] = m.group(1).upper()
+    assert set(style_of) == ids
+    recorded = summary["pku-sketch"]["sketch_styles"]
+    assert recorded == {str(pid): [style] for pid, style in style_of.items()}
+    # ... and each sketch really is drawn in its annotated style
+    code = S._CODES["pku-sketch"]
+    for pid in sorted(ids)[:4]:
+        style = style_of[pid]
+        img = S.render_drawn_sketch(people[pid], style, S._rng(0, code, 12, pid, S.STYLES.index(style)))
+        S._save(img, str(tmp_path / "again.jpg"))
+        assert filecmp.cmp(tmp_path / "again.jpg", ds / "sketch" / f"{pid}.jpg", shallow=False), pid
 
 
 def _sample_images(root):
-    photos = sorted((root / "CUHK-PEDES" / "imgs" / "train").glob("*.jpg"))[:6]
+    cuhk = root / "CUHK-PEDES"
+    photos = []
+    for source in ("CUHK01", "cam_a", "cam_b", "train_query", "Market"):   # PNG, BMP and JPEG
+        photos += sorted((cuhk / "imgs" / source).iterdir())[:2]
     photos += sorted((root / "Market-Sketch-1K" / "photo" / "query").glob("*.jpg"))[:6]
     photos += sorted((root / "PKU-Sketch" / "photo").glob("*.jpg"))[:6]
-    sketches = sorted((root / "RSTPReid" / "imgs-sketch" / "test").glob("*.jpg"))[:6]
+    sketches = sorted((cuhk / "imgs-sketch2" / "CUHK01").iterdir())[:2]
+    sketches += sorted((cuhk / "imgs-sketch2" / "cam_a").iterdir())[:2]
+    sketches += sorted((root / "RSTPReid" / "imgs-sketch").glob("*.jpg"))[:6]
     sketches += [sorted((root / "Market-Sketch-1K" / "sketch" / s).rglob("*.jpg"))[0] for s in S.STYLES]
     sketches += sorted((root / "PKU-Sketch" / "sketch").glob("*.jpg"))[:6]
     return photos, sketches
@@ -213,10 +371,13 @@ def _sample_images(root):
 def test_appearance(generated):
     root, _ = generated
     photos, sketches = _sample_images(root)
+    colourfulness = []
     for path in photos:
         img = _rgb(path)
         assert img.shape == (S.HEIGHT, S.WIDTH, 3)
-        assert (img.max(2) - img.min(2)).mean() > 15, path          # coloured
+        colourfulness.append((img.max(2) - img.min(2)).mean())
+        assert colourfulness[-1] > 8, path          # colour, even for someone dressed in grey
+    assert np.mean(colourfulness) > 20
     for path in sketches:
         img = _rgb(path)
         assert img.shape == (S.HEIGHT, S.WIDTH, 3)
@@ -288,28 +449,30 @@ def _tree(root):
 
 
 def test_deterministic(tmp_path):
-    subset = ["rstpreid", "mask1k"]
+    subset = ["cuhk-pedes", "mask1k", "pku-sketch"]      # JPEG, PNG, BMP, JSON, MAT, text
     S.generate(tmp_path / "a", seed=0, scale=0.1, datasets=subset, workers=1)
     S.generate(tmp_path / "b", seed=0, scale=0.1, datasets=subset, workers=2)
-    S.generate(tmp_path / "c", seed=1, scale=0.1, datasets=subset, workers=1)
+    S.generate(tmp_path / "c", seed=1, scale=0.1, datasets=subset[:1], workers=1)
     files = _tree(tmp_path / "a")
     assert files == _tree(tmp_path / "b") and len(files) > 50
     for rel in files:
         assert filecmp.cmp(tmp_path / "a" / rel, tmp_path / "b" / rel, shallow=False), rel
-    same = [rel for rel in files
-            if (tmp_path / "c" / rel).is_file()
-            and filecmp.cmp(tmp_path / "a" / rel, tmp_path / "c" / rel, shallow=False)]
-    assert len(same) < 0.05 * len(files)
+    # another seed: other file names, and (almost) no file with the same bytes
+    digest = lambda path: hashlib.sha1(path.read_bytes()).hexdigest()  # noqa: E731
+    folder = S.FOLDERS[subset[0]]
+    seed0 = {digest(p) for p in (tmp_path / "a" / folder).rglob("*.*")}
+    seed1 = [digest(p) for p in (tmp_path / "c" / folder).rglob("*.*")]
+    assert len(seed1) > 50 and sum(h in seed0 for h in seed1) < 0.05 * len(seed1)
 
 
 def test_skip_overwrite_and_foreign_folders(tmp_path, caplog):
     first = S.generate(tmp_path, seed=0, scale=0.1, datasets=["rstpreid"], workers=1)
     assert first["rstpreid"]["status"] == "generated"
-    stamp = os.stat(tmp_path / "RSTPReid" / "train_reid.json").st_mtime_ns
+    stamp = os.stat(tmp_path / "RSTPReid" / "data_captions.json").st_mtime_ns
     again = S.generate(tmp_path, seed=0, scale=0.1, datasets=["rstpreid"], workers=1)
     assert again["rstpreid"]["status"] == "skipped"
     assert again["rstpreid"]["people"] == first["rstpreid"]["people"]
-    assert os.stat(tmp_path / "RSTPReid" / "train_reid.json").st_mtime_ns == stamp
+    assert os.stat(tmp_path / "RSTPReid" / "data_captions.json").st_mtime_ns == stamp
     # a folder this module did not write is never touched, even with overwrite
     (tmp_path / "PKU-Sketch").mkdir()
     (tmp_path / "PKU-Sketch" / "mine.txt").write_text("real data")
@@ -319,6 +482,16 @@ def test_skip_overwrite_and_foreign_folders(tmp_path, caplog):
     assert os.listdir(tmp_path / "PKU-Sketch") == ["mine.txt"]
     assert out["rstpreid"]["status"] == "generated"
     assert (tmp_path / "RSTPReid" / S.MARKER).is_file()
+    # a folder of ours in an older format is rewritten even without overwrite
+    marker = tmp_path / "RSTPReid" / S.MARKER
+    info = json.loads(marker.read_text())
+    marker.write_text(json.dumps(dict(info, format=S.FORMAT_VERSION - 1)))
+    (tmp_path / "RSTPReid" / "train_reid.json").write_text("[]")
+    with caplog.at_level("WARNING", logger=S.__name__):
+        again = S.generate(tmp_path, seed=0, scale=0.1, datasets=["rstpreid"], workers=1)
+    assert again["rstpreid"]["status"] == "generated" and "format" in caplog.text
+    assert not (tmp_path / "RSTPReid" / "train_reid.json").exists()
+    assert json.loads(marker.read_text())["format"] == S.FORMAT_VERSION
 
 
 def test_cli(tmp_path, capsys):
@@ -326,4 +499,6 @@ def test_cli(tmp_path, capsys):
                    "--seed", "2", "--workers", "1"]) == 0
     line = capsys.readouterr().out.strip()
     assert "PKU-Sketch generated (20 people, 40 photos, 20 sketches)" in line
-    assert len((tmp_path / "PKU-Sketch" / "TriReID.txt").read_text().splitlines()) == 40
+    raw = (tmp_path / "PKU-Sketch" / "TriReID.txt").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and raw.count(b"\r\n") == 40
+    assert not (tmp_path / "PKU-Sketch" / "idx").exists()
