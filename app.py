@@ -6,7 +6,7 @@
 The page (web/) lets a witness draw or upload a sketch, add feedback sentences one round at
 a time and see the best photos re-ranked after every change. It talks to a small JSON API
 served here with the standard library's ``http.server``; the gallery index and the queries
-are those of ``search.py`` (``utils.gallery.SearchEngine``):
+are those of ``search.py`` (``engine.gallery.SearchEngine``):
 
     POST /api/search   {"sketch": "<PNG/JPEG, base64 or data URL>", "feedback": [...],
                         "topk": 10}
@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 from PIL import Image
 
 from utils.errors import UserError, exit_on_user_error
-from utils.gallery import SearchEngine, add_engine_arguments
+from engine.gallery import SearchEngine, add_engine_arguments
 from utils.logger import setup_logging
 
 log = logging.getLogger("app")

@@ -12,5 +12,5 @@ OUT=${OUT:-outputs}
 python test.py --checkpoint "$ADAPT_RUN/checkpoint_best.pth" "$@"
 python test.py --checkpoint "$MARKET_RUN/checkpoint_best.pth" "$@"
 python test.py --checkpoint "$PKU_RUN" "$@"
-python -m utils.report "$ADAPT_RUN/results.json" "$MARKET_RUN/results.json" \
+python -m engine.report "$ADAPT_RUN/results.json" "$MARKET_RUN/results.json" \
   "$PKU_RUN/results.json" --out "$OUT/results.md"

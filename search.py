@@ -21,9 +21,9 @@ from pathlib import Path
 
 from datasets.base import read_image
 from utils.errors import exit_on_user_error
-from utils.gallery import SearchEngine, add_engine_arguments
+from engine.gallery import SearchEngine, add_engine_arguments
 from utils.logger import setup_logging
-from utils.visualize import rank_sheet
+from engine.visualize import rank_sheet
 
 
 def print_ranking(engine: SearchEngine, ranking: list, feedback: list) -> None:

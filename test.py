@@ -22,10 +22,10 @@ from utils.checkpoint import load_checkpoint
 from utils.config import load_config, to_plain
 from utils.distributed import resolve_device
 from utils.errors import UserError, exit_on_user_error
-from utils.evaluation import METRICS, format_table, results_rows
+from engine.evaluation import METRICS, format_table, results_rows
 from utils.logger import setup_logging
-from utils.stages import stage_for
-from utils.visualize import line_plot, rank_sheet
+from engine.stages import stage_for
+from engine.visualize import line_plot, rank_sheet
 
 log = logging.getLogger("test")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from utils import distributed
 from utils.config import config_from_command_line
-from utils.engine import Trainer
+from engine.trainer import Trainer
 from utils.errors import exit_on_user_error
-from utils.stages import AdaptStage
+from engine.stages import AdaptStage
 
 
 @exit_on_user_error

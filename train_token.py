@@ -15,9 +15,9 @@ from pathlib import Path
 
 from utils import distributed
 from utils.config import config_from_command_line
-from utils.engine import Trainer
+from engine.trainer import Trainer
 from utils.errors import exit_on_user_error
-from utils.stages import TokenStage
+from engine.stages import TokenStage
 
 TRIAL_DATASETS = ("pku-sketch",)
 

@@ -25,10 +25,10 @@ import torch
 
 from bench.common import emit
 from datasets.sampler import EpochSampler
-from utils.engine import build_train_loader
+from engine.trainer import build_train_loader
 from utils.config import flatten, load_config, parse_overrides
 from utils.errors import UserError
-from utils.stages import STAGES
+from engine.stages import STAGES
 
 DEFAULT_CONFIGS = {"adapt": "config/TriPEDES_pretrain.yaml", "token": "config/Market_finetune.yaml"}
 

@@ -1,11 +1,11 @@
 """Benchmark one training step of stage 1 (adapt) or stage 2 (token).
 
 The model, optimizer, loss inputs and precision are those of training: the model comes
-from the stage's ``build_model``, the optimizer from ``utils.engine.build_optimizer`` with
+from the stage's ``build_model``, the optimizer from ``engine.trainer.build_optimizer`` with
 the stage's learning-rate groups, the loss inputs from ``stage.loss_inputs`` (epoch 1, so
 stage 1's soft-target share is at its full ``loss.softlabel_ratio``), and the step runs
-under ``utils.evaluation.autocast`` (bf16 on CUDA where supported, fp16 with a grad scaler
-otherwise, fp32 on the CPU or with ``train.amp=false``) with the trainer's zero-grad,
+under the trainer's autocast (``train.amp_dtype``: fp16 with a grad scaler by default, or
+bf16; fp32 on the CPU or with ``train.amp=false``) with the trainer's zero-grad,
 backward, optional clipping and optimizer step. The data is a fixed batch kept in memory:
 random normal images at ``model.image_size`` (the scale of normalised images) and a few
 captions tokenised once before timing, so that only the model's work is measured; the
@@ -44,7 +44,7 @@ the same shapes first (timings do not depend on the weights' values).
         loss.separate_soft_target_pass=true --reference-attention
 
 ``--accum-steps K`` times one step over a contrastive batch of K x ``--batch-size`` made
-of K micro-batches (``train.accum_steps``: feature caching, ``utils.engine.accumulated_step``);
+of K micro-batches (``train.accum_steps``: feature caching, ``engine.trainer.accumulated_step``);
 compare its ``peak_mem_mb`` with a plain step of the whole batch (run each in its own
 process: the CPU figure is the process's peak RSS)::
 
@@ -73,9 +73,9 @@ from bench.common import (CAPTIONS, emit, finite_round, peak_flops, peak_memory_
 from model.tokenizer import tokenize
 from utils.config import flatten, load_config, parse_overrides
 from utils.distributed import resolve_device
-from utils.engine import (accumulated_step, amp_dtype, build_optimizer, seed_everything,
+from engine.trainer import (accumulated_step, amp_dtype, build_optimizer, seed_everything,
                           train_step)
-from utils.stages import STAGES
+from engine.stages import STAGES
 
 DEFAULT_CONFIGS = {"adapt": "config/TriPEDES_pretrain.yaml", "token": "config/Market_finetune.yaml"}
 

@@ -2,7 +2,7 @@
 and texts of people. Photos and sketches share the image tower.
 
 A step is split in two so that a large contrastive batch can be built from several
-micro-batches (``utils.engine``'s gradient accumulation): ``features`` runs the towers on
+micro-batches (``engine.trainer``'s gradient accumulation): ``features`` runs the towers on
 one micro-batch, ``losses`` contrasts the features of the whole batch.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ from model.clip import load_clip
 from model.token import TokenModel
 from model.tokenizer import tokenize
 from utils.config import defaults, load_config
-from utils.engine import accumulated_step, accumulation_steps, train_step
+from engine.trainer import accumulated_step, accumulation_steps, train_step
 from utils.errors import ConfigError
 
 CPU = torch.device("cpu")

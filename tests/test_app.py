@@ -29,7 +29,7 @@ from PIL import Image
 
 import app
 from utils.config import REPO_ROOT
-from utils.gallery import SearchEngine
+from engine.gallery import SearchEngine
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

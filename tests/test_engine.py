@@ -7,7 +7,7 @@ import torch
 from easydict import EasyDict
 
 from datasets.sampler import EpochSampler, sample_seed
-from utils.engine import amp_dtype, build_optimizer
+from engine.trainer import amp_dtype, build_optimizer
 from utils.schedule import learning_rate
 
 
@@ -73,7 +73,7 @@ def test_cpu_trains_in_fp32():
 
 
 def test_to_cpu_keeps_the_structure():
-    from utils.engine import to_cpu
+    from engine.trainer import to_cpu
     state = {"a": torch.ones(2), "b": [torch.zeros(1), (torch.ones(1), 3)], "c": "x"}
     moved = to_cpu(state)
     assert moved["c"] == "x" and moved["b"][1][1] == 3 and isinstance(moved["b"][1], tuple)

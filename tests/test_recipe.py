@@ -111,7 +111,7 @@ def test_straight_through_logit_scale():
 def test_stage2_text_tower_dropout_is_active_while_training(tiny_clip_path):
     """The text tower is frozen but stays in train mode, so its attention dropout (0.05
     in the paper's yaml) acts on the composed query while training, not while testing."""
-    from utils.stages import TokenStage
+    from engine.stages import TokenStage
     cfg = load_config(REPO_ROOT / "config" / "Market_finetune.yaml",
                       [f"model.pretrained={tiny_clip_path}", "model.init_from=null",
                        "model.image_size=[32,16]", "model.middle_dim=32",
@@ -226,16 +226,16 @@ def test_pku_reference_indexing(synthetic_root):
 
 def test_stage2_ranks_the_whole_gallery(market_run, synthetic_root, monkeypatch):
     """No camera filter in stage 2 unless test.stage2_drop_same_camera=true."""
-    import utils.stages
+    import engine.stages
     from test import evaluate_checkpoint
     seen = []
-    original = utils.stages.retrieval
+    original = engine.stages.retrieval
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("query_cams"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(utils.stages, "retrieval", spy)
+    monkeypatch.setattr(engine.stages, "retrieval", spy)
     base = ["data.dataset=pku-sketch", f"data.root={synthetic_root}", "data.trials=[1]"]
     evaluate_checkpoint(market_run / "checkpoint_best.pth", base, trial=1)
     assert seen and all(cams is None for cams in seen)

@@ -23,7 +23,7 @@ from utils.checkpoint import load_checkpoint
 from utils.config import REPO_ROOT, load_config
 from utils.errors import UserError
 from utils.reference_checkpoint import DATASET_NAMES, from_reference
-from utils.stages import AdaptStage, TokenStage
+from engine.stages import AdaptStage, TokenStage
 
 EMBED = PRESETS["tiny"].embed_dim  # = the tiny text width: the reference maps embed -> embed
 

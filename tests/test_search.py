@@ -10,9 +10,9 @@ import sys
 import pytest
 
 import search
-import utils.gallery
+import engine.gallery
 from utils.config import REPO_ROOT
-from utils.gallery import SearchEngine, default_index_path
+from engine.gallery import SearchEngine, default_index_path
 
 
 @pytest.fixture
@@ -31,13 +31,13 @@ def sketch(synthetic_root):
 def embedded(monkeypatch):
     """Records how many photos each SearchEngine embeds."""
     counts = []
-    original = utils.gallery.encode_images
+    original = engine.gallery.encode_images
 
     def counting(encode, paths, *args, **kwargs):
         counts.append(len(paths))
         return original(encode, paths, *args, **kwargs)
 
-    monkeypatch.setattr(utils.gallery, "encode_images", counting)
+    monkeypatch.setattr(engine.gallery, "encode_images", counting)
     return counts
 
 

@@ -84,7 +84,7 @@ def _encodings(path: Path) -> dict:
     """Image and text features of fixed inputs under the model of a checkpoint."""
     from model.tokenizer import tokenize
     from utils.config import load_config
-    from utils.stages import AdaptStage
+    from engine.stages import AdaptStage
     checkpoint = torch.load(path, weights_only=True)
     model = AdaptStage().model_from_checkpoint(checkpoint, load_config(
         None, base=checkpoint["config"]), str(path)).eval()
@@ -158,7 +158,7 @@ def test_selection_split(synthetic_root):
     for test (the paper's code picks its checkpoint on CUHK-PEDES test)."""
     from utils.config import load_config
     from utils.errors import ConfigError
-    from utils.stages import AdaptStage, TokenStage
+    from engine.stages import AdaptStage, TokenStage
 
     def split(stage, *overrides):
         cfg = load_config(None, [f"data.root={synthetic_root}", *overrides])

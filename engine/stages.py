@@ -22,7 +22,7 @@ from model.token import TokenModel, compose_query
 from model.tokenizer import tokenize
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
-from utils.evaluation import METRICS, encode_images, encode_texts, eval_dtype, retrieval
+from engine.evaluation import METRICS, encode_images, encode_texts, eval_dtype, retrieval
 from utils.precision import autocast
 
 log = logging.getLogger(__name__)

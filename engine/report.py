@@ -1,6 +1,6 @@
 """Collect ``results.json`` files into one Markdown table.
 
-    python -m utils.report outputs/TriPEDES_pretrain/results.json \
+    python -m engine.report outputs/TriPEDES_pretrain/results.json \
         outputs/Market_finetune/results.json outputs/PKU_finetune/results.json --out results.md
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from utils.errors import UserError, exit_on_user_error
-from utils.evaluation import METRICS, results_rows
+from engine.evaluation import METRICS, results_rows
 
 
 def markdown_table(named_results: list) -> str:

@@ -20,7 +20,7 @@ from utils.checkpoint import (CHECKPOINT_NAMES, load_checkpoint, random_states,
                               restore_random_states, save_atomic)
 from utils.config import save_config, to_plain
 from utils.errors import ConfigError, UserError
-from utils.evaluation import format_table, results_rows
+from engine.evaluation import format_table, results_rows
 from utils.logger import setup_logging
 from utils.precision import autocast, autocast_dtype
 from utils.schedule import learning_rate

@@ -17,9 +17,9 @@ from utils.checkpoint import UNREADABLE_FILE_ERRORS, load_checkpoint, save_atomi
 from utils.config import load_config
 from utils.distributed import resolve_device
 from utils.errors import UserError
-from utils.evaluation import encode_images, eval_dtype
+from engine.evaluation import encode_images, eval_dtype
 from utils.precision import autocast
-from utils.stages import TokenStage
+from engine.stages import TokenStage
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
