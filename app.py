@@ -14,6 +14,10 @@ are those of ``search.py`` (``engine.gallery.SearchEngine``):
     GET  /api/photo?id=<gallery-relative path>   the photo itself
     GET  /api/health   -> {"ok": true, "gallery": <number of photos>}
 
+Two layers: ``SearchAPI.answer(Request)`` is the API and the page, without sockets (it
+returns an ``Answer`` or raises ``RequestError``); ``AppHandler`` reads a request off the
+connection, asks the API and writes the answer.
+
 The server binds to 127.0.0.1 unless ``--host`` says otherwise: anyone who can reach the
 port can search the gallery and see its photos.
 """
@@ -29,9 +33,11 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
+from typing import Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
@@ -60,7 +66,7 @@ MAX_SKETCH_PIXELS = 16_000_000       # a bigger decoded sketch is refused (decom
 MAX_TOPK = 100
 MAX_ROUNDS = 20                      # feedback sentences per query
 MAX_ROUND_CHARS = 300                # characters per feedback sentence
-DRAIN_BYTES = 32 * 1024 * 1024       # after a 413, this much of the body is read and dropped
+DRAIN_BYTES = 32 * 1024 * 1024       # of a body not read, this much is read and dropped
 # The page may only load what this server serves (no external scripts, fonts or images).
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
                "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -68,8 +74,10 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
+# ------------------------------------------------------------------ requests and answers
 class RequestError(Exception):
-    """A request the client got wrong: answered with ``status`` and ``{"error": message}``."""
+    """A request the client got wrong: answered with ``status`` and ``{"error": message}``
+    (and ``headers``; ``Connection: close`` closes the connection after the answer)."""
 
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
@@ -78,6 +86,48 @@ class RequestError(Exception):
         self.headers = headers or {}
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request as the API sees it. Of the headers only Host, Content-Type,
+    Content-Length and Transfer-Encoding are read (spelled so in a plain dict; the server
+    passes its case-insensitive ``http.client.HTTPMessage``)."""
+
+    method: str                                  # GET, HEAD, POST, ...
+    target: str                                  # as in the request line: "/api/photo?id=a.jpg"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""                            # empty when over MAX_BODY_BYTES (left unread)
+
+    @property
+    def route(self) -> str:
+        return urlsplit(self.target).path
+
+    @property
+    def query(self) -> dict:
+        """{name: [value, ...]} of the query string, blank values kept."""
+        return parse_qs(urlsplit(self.target).query, keep_blank_values=True)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What goes back: ``body`` is sent as is (not at all for a HEAD request)."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def json_answer(status: int, payload: dict, headers: dict | None = None) -> Answer:
+    return Answer(status, json.dumps(payload).encode(), "application/json",
+                  {**(headers or {}), "Cache-Control": "no-store"})
+
+
+def error_answer(error: RequestError) -> Answer:
+    """``{"error": message}`` with the error's status and headers."""
+    return json_answer(error.status, {"error": error.message}, error.headers)
+
+
+# ----------------------------------------------------------------------- request checks
 def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True
@@ -87,7 +137,55 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-# ----------------------------------------------------------------------- request checks
+def check_host_header(host: str | None) -> None:
+    """For a server on a loopback address: only requests for a loopback name are answered,
+    so that a web page elsewhere cannot reach it through a name that it re-points here."""
+    host = (host or "").strip()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if name.startswith("[") and "]" in name:
+        name = name[1:name.index("]")]
+    if host and name.lower() not in LOOPBACK_NAMES and not is_loopback(name):
+        raise RequestError(403, "this server answers only requests addressed to "
+                                "127.0.0.1 or localhost")
+
+
+def body_length(method: str, headers: Mapping[str, str]) -> int | None:
+    """The body length that the headers declare: 0 for no body; None when it cannot be
+    known (chunked, a malformed Content-Length, or a POST without one)."""
+    header = headers.get("Content-Length")
+    chunked = "chunked" in (headers.get("Transfer-Encoding") or "").lower()
+    if header is None and not chunked:
+        return None if method == "POST" else 0
+    try:
+        length = int(header)
+    except (TypeError, ValueError):
+        return None
+    return None if chunked or length < 0 else length
+
+
+def read_json(request: Request) -> dict:
+    """The JSON object in the body of ``request``."""
+    content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise RequestError(415, "the request body must be JSON (Content-Type: "
+                                "application/json)")
+    length = body_length(request.method, request.headers)
+    if length is None:
+        raise RequestError(411, "a Content-Length header is required (no chunked bodies)")
+    if length > MAX_BODY_BYTES:
+        raise RequestError(413, f"the request is {length:,} bytes; at most {MAX_BODY_BYTES:,} "
+                                "are accepted", {"Connection": "close"})
+    if len(request.body) < length:
+        raise RequestError(400, "the request body ended early")
+    try:
+        payload = json.loads(request.body)
+    except (UnicodeDecodeError, ValueError):
+        raise RequestError(400, "the request body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    return payload
+
+
 def decode_sketch(value) -> Image.Image:
     """A base64 string (optionally a ``data:image/...;base64,`` URL) of a PNG or JPEG
     -> an RGB image (transparent parts on white, like paper)."""
@@ -155,20 +253,111 @@ def check_topk(value) -> int:
     return value
 
 
-# --------------------------------------------------------------------------- the server
+# ------------------------------------------------------------------------------ the API
+class SearchAPI:
+    """The JSON API and the page over one ``SearchEngine`` (whose index is only read):
+    ``answer(request)`` returns an ``Answer`` or raises ``RequestError``. With
+    ``loopback_only`` (a server on a loopback address) the Host header is checked."""
+
+    def __init__(self, engine, loopback_only: bool = True, web_dir: Path = WEB_DIR):
+        self.engine = engine
+        self.gallery_root = Path(engine.gallery).resolve()
+        self.photo_ids = frozenset(engine.paths)
+        self.loopback_only = loopback_only
+        self.web_dir = Path(web_dir)
+
+    def answer(self, request: Request) -> Answer:
+        method, route = request.method, request.route
+        if method not in ("GET", "HEAD", "POST"):
+            raise RequestError(405, f"method {method} is not allowed",
+                               {"Allow": "GET, HEAD, POST"})
+        if self.loopback_only:
+            check_host_header(request.headers.get("Host"))
+        if method == "POST":
+            if route in API_POST:
+                return json_answer(200, self.search(read_json(request)))
+            if route in API_GET or route in STATIC_FILES:
+                raise RequestError(405, f"{route} takes GET", {"Allow": "GET, HEAD"})
+            raise RequestError(404, f"no such route: POST {route}")
+        if route in API_POST:
+            raise RequestError(405, f"{route} takes POST", {"Allow": "POST"})
+        if route == "/api/health":
+            return json_answer(200, self.health())
+        if route == "/api/photo":
+            return self.photo(request.query)
+        if route in STATIC_FILES:
+            return self.page(route)
+        raise RequestError(404, f"no such route: {route}")
+
+    def search(self, request: dict) -> dict:
+        """{"sketch", "feedback", "topk"} -> {"results": [{"rank", "id", "score"}, ...],
+        "query": the composed query text}."""
+        if "sketch" not in request:
+            raise RequestError(400, "missing field 'sketch' (a base64 PNG or JPEG image)")
+        feedback = check_feedback(request.get("feedback"))
+        topk = check_topk(request.get("topk"))
+        sketch = decode_sketch(request["sketch"])
+        ranking = self.engine.search(sketch, feedback, topk)  # under the engine's lock
+        results = [{"rank": rank, "id": path, "score": round(score, 6)}
+                   for rank, (path, score) in enumerate(ranking, start=1)]
+        return {"results": results, "query": self.engine.query_text(feedback)}
+
+    def health(self) -> dict:
+        return {"ok": True, "gallery": len(self.photo_ids)}
+
+    def photo(self, query: dict) -> Answer:
+        """The photo ``query["id"]`` names: listed in the index, and still inside the
+        gallery folder once links are followed."""
+        ids = query.get("id", [])
+        if len(ids) != 1 or not ids[0]:
+            raise RequestError(400, "give one photo as ?id=<gallery-relative path>")
+        photo_id = ids[0]
+        parts = PurePosixPath(photo_id).parts
+        if ("\x00" in photo_id or "\\" in photo_id or photo_id.startswith("/")
+                or ":" in photo_id.split("/")[0] or ".." in parts
+                or any(part in ("", ".") for part in photo_id.split("/"))):
+            raise RequestError(403, "the photo id must be a relative path inside the gallery")
+        if photo_id not in self.photo_ids:
+            raise RequestError(404, f"no such photo in the gallery: {photo_id}")
+        try:
+            resolved = (self.gallery_root / photo_id).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise RequestError(404, f"photo no longer there: {photo_id}") from None
+        if not resolved.is_relative_to(self.gallery_root):
+            raise RequestError(403, "the photo lies outside the gallery folder")
+        content_type = PHOTO_TYPES.get(resolved.suffix.lower())
+        if content_type is None:
+            raise RequestError(403, "not a photo file")
+        try:
+            fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            raise RequestError(404, f"photo not readable: {photo_id}") from None
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read()
+        return Answer(200, data, content_type, {"Cache-Control": "private, max-age=300"})
+
+    def page(self, route: str) -> Answer:
+        """A file of the page (web/), which may load only what this server serves."""
+        name, content_type = STATIC_FILES[route]
+        try:
+            data = (self.web_dir / name).read_bytes()
+        except OSError:
+            raise RequestError(404, f"missing page file: web/{name}") from None
+        return Answer(200, data, content_type, {"Content-Security-Policy": PAGE_POLICY,
+                                                "Cache-Control": "no-cache"})
+
+
+# ------------------------------------------------------------------------ the HTTP layer
 class AppServer(ThreadingHTTPServer):
-    """Serves one ``SearchEngine``; its gallery index is only read while serving."""
+    """Serves one ``SearchEngine`` through a ``SearchAPI``."""
 
     daemon_threads = True
 
     def __init__(self, engine, host: str, port: int, verbose: bool = False):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.engine = engine
-        self.gallery_root = Path(engine.gallery).resolve()
-        self.photo_ids = frozenset(engine.paths)
-        self.photo_count = len(engine.paths)
+        self.api = SearchAPI(engine, loopback_only=is_loopback(host))
         self.verbose = verbose
-        self.check_host = is_loopback(host)
         super().__init__((host, port), AppHandler)
 
     @property
@@ -186,13 +375,15 @@ def make_server(engine, host: str = "127.0.0.1", port: int = 8000,
 
 
 class AppHandler(BaseHTTPRequestHandler):
+    """Reads a request, asks ``server.api`` and writes its answer, all in JSON but the page
+    and the photos; one log line per request."""
+
     server: AppServer
     server_version = "InteractReID"
     sys_version = ""
     protocol_version = "HTTP/1.1"
     timeout = 30  # seconds a connection may stall (a slow or stuck client frees its thread)
 
-    # ------------------------------------------------------------------ dispatching
     def do_GET(self):
         self._dispatch()
 
@@ -203,46 +394,24 @@ class AppHandler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def __getattr__(self, name):
-        # Any other method (PUT, DELETE, OPTIONS, ...) is answered 405 rather than 501.
+        # Any other method (PUT, DELETE, OPTIONS, ...) goes to the API too (405, not 501).
         if name.startswith("do_"):
             return self._dispatch
         raise AttributeError(name)
 
     def _dispatch(self):
         self._started = time.monotonic()
-        self._status = 0
-        self._bytes_sent = 0
-        self._head = self.command == "HEAD"
-        self._body_done = False
-        route = urlsplit(self.path).path
+        self._status = self._bytes_sent = 0
         try:
-            if self.command not in ("GET", "HEAD", "POST"):
-                raise RequestError(405, f"method {self.command} is not allowed",
-                                   {"Allow": "GET, HEAD, POST"})
-            self._check_host()
-            if self.command == "POST":
-                if route in API_POST:
-                    self._search()
-                elif route in API_GET or route in STATIC_FILES:
-                    raise RequestError(405, f"{route} takes GET", {"Allow": "GET, HEAD"})
-                else:
-                    raise RequestError(404, f"no such route: POST {route}")
-            elif route in API_POST:
-                raise RequestError(405, f"{route} takes POST", {"Allow": "POST"})
-            else:
-                self._drain_body()  # a GET has no body; should one come, it is dropped
-                if route == "/api/health":
-                    self._send_json(200, {"ok": True, "gallery": self.server.photo_count})
-                elif route == "/api/photo":
-                    self._photo()
-                elif route in STATIC_FILES:
-                    self._static(*STATIC_FILES[route])
-                else:
-                    raise RequestError(404, f"no such route: {route}")
-        except RequestError as error:
-            if not self._body_done:
-                self._drain_body()  # so that the next request on this connection is read
-            self._send_error_json(error)
+            body, unread = self._read_body()
+            try:
+                answer = self.server.api.answer(Request(self.command, self.path, self.headers,
+                                                        body))
+            except RequestError as error:
+                answer = error_answer(error)
+            self._send(answer)
+            if unread:
+                self._drain(unread)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True  # the client went away; nothing to answer
         except Exception:  # a bug: logged here with its traceback, never sent to the client
@@ -250,96 +419,30 @@ class AppHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             if not self._status:
                 try:
-                    self._send_json(500, {"error": "internal server error"})
+                    self._send(error_answer(RequestError(500, "internal server error")))
                 except OSError:
                     pass
         self._log_request()
 
-    def _check_host(self):
-        """On a loopback address, only requests for a loopback name are answered: a web page
-        elsewhere cannot reach this server through a name that it re-points here."""
-        if not self.server.check_host:
-            return
-        host = (self.headers.get("Host") or "").strip()
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name.startswith("[") and "]" in name:
-            name = name[1:name.index("]")]
-        if host and name.lower() not in LOOPBACK_NAMES and not is_loopback(name):
-            raise RequestError(403, "this server answers only requests addressed to "
-                                    "127.0.0.1 or localhost")
-
-    # -------------------------------------------------------------------- endpoints
-    def _search(self):
-        request = self._read_json()
-        if "sketch" not in request:
-            raise RequestError(400, "missing field 'sketch' (a base64 PNG or JPEG image)")
-        feedback = check_feedback(request.get("feedback"))
-        topk = check_topk(request.get("topk"))
-        sketch = decode_sketch(request["sketch"])
-        engine = self.server.engine
-        ranking = engine.search(sketch, feedback, topk)
-        results = [{"rank": rank, "id": path, "score": round(score, 6)}
-                   for rank, (path, score) in enumerate(ranking, start=1)]
-        self._send_json(200, {"results": results, "query": engine.query_text(feedback)})
-
-    def _read_json(self) -> dict:
-        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise RequestError(415, "the request body must be JSON (Content-Type: "
-                                    "application/json)")
-        length = self._content_length()
+    def _read_body(self) -> tuple[bytes, int]:
+        """(the body, read when it is at most MAX_BODY_BYTES; the length of a longer one,
+        left unread for the API to refuse from its headers and drained after the answer)."""
+        length = body_length(self.command, self.headers)
         if length is None:
-            raise RequestError(411, "a Content-Length header is required (no chunked bodies)")
+            self.close_connection = True  # where the body ends is unknown: read none of it
+            return b"", 0
         if length > MAX_BODY_BYTES:
-            # Refused before reading; then what the client keeps sending is dropped (up to a
-            # bound) so that it reads this answer rather than a reset connection.
-            self.close_connection = True
-            self._send_error_json(RequestError(
-                413, f"the request is {length:,} bytes; at most {MAX_BODY_BYTES:,} are "
-                     "accepted"))
-            self._drain_body()
-            raise RequestError(413, "")  # answered already
-        body = self.rfile.read(length)  # at most MAX_BODY_BYTES
-        self._body_done = True
+            if length > DRAIN_BYTES:
+                self.close_connection = True
+            return b"", length
+        body = self.rfile.read(length) if length else b""
         if len(body) < length:
-            self.close_connection = True
-            raise RequestError(400, "the request body ended early")
-        try:
-            request = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
-            raise RequestError(400, "the request body is not valid JSON") from None
-        if not isinstance(request, dict):
-            raise RequestError(400, "the request body must be a JSON object")
-        return request
+            self.close_connection = True  # the client stopped sending
+        return body, 0
 
-    def _content_length(self) -> int | None:
-        """The declared body length; None (and the connection closes after the answer)
-        when it is missing, malformed or the body is chunked."""
-        header = self.headers.get("Content-Length")
-        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
-        if header is None and not chunked:
-            if self.command != "POST":
-                return 0
-            self.close_connection = True
-            return None
-        try:
-            length = int(header)
-        except (TypeError, ValueError):
-            length = -1
-        if chunked or length < 0:
-            self.close_connection = True
-            return None
-        return length
-
-    def _drain_body(self):
-        """Read and drop the request body (at most DRAIN_BYTES of it; with more, or with an
-        unknown length, the connection closes after the answer)."""
-        self._body_done = True
-        length = self._content_length()
-        if not length:
-            return
-        if length > DRAIN_BYTES:
-            self.close_connection = True
+    def _drain(self, length: int):
+        """Read and drop a body that was not read (at most DRAIN_BYTES of it), so that a
+        client still sending reads the answer rather than a reset connection."""
         left = min(length, DRAIN_BYTES)
         try:
             self.connection.settimeout(2.0)
@@ -352,62 +455,15 @@ class AppHandler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def _photo(self):
-        query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
-        ids = query.get("id", [])
-        if len(ids) != 1 or not ids[0]:
-            raise RequestError(400, "give one photo as ?id=<gallery-relative path>")
-        photo_id = ids[0]
-        parts = PurePosixPath(photo_id).parts
-        if ("\x00" in photo_id or "\\" in photo_id or photo_id.startswith("/")
-                or ":" in photo_id.split("/")[0] or ".." in parts
-                or any(part in ("", ".") for part in photo_id.split("/"))):
-            raise RequestError(403, "the photo id must be a relative path inside the gallery")
-        if photo_id not in self.server.photo_ids:
-            raise RequestError(404, f"no such photo in the gallery: {photo_id}")
-        root = self.server.gallery_root
-        try:
-            resolved = (root / photo_id).resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise RequestError(404, f"photo no longer there: {photo_id}") from None
-        if not resolved.is_relative_to(root):
-            raise RequestError(403, "the photo lies outside the gallery folder")
-        content_type = PHOTO_TYPES.get(resolved.suffix.lower())
-        if content_type is None:
-            raise RequestError(403, "not a photo file")
-        try:
-            fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            raise RequestError(404, f"photo not readable: {photo_id}") from None
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read()
-        self._send_bytes(200, data, content_type, {"Cache-Control": "private, max-age=300"})
-
-    def _static(self, name: str, content_type: str):
-        try:
-            data = (WEB_DIR / name).read_bytes()
-        except OSError:
-            raise RequestError(404, f"missing page file: web/{name}") from None
-        self._send_bytes(200, data, content_type, {"Content-Security-Policy": PAGE_POLICY,
-                                                   "Cache-Control": "no-cache"})
-
-    # ------------------------------------------------------------------- responses
-    def _send_json(self, status: int, payload: dict, headers: dict | None = None):
-        body = json.dumps(payload).encode()
-        self._send_bytes(status, body, "application/json", dict(headers or {},
-                                                                **{"Cache-Control": "no-store"}))
-
-    def _send_error_json(self, error: RequestError):
-        if self._status:  # an answer has already gone out
-            return
-        self._send_json(error.status, {"error": error.message}, error.headers)
-
-    def _send_bytes(self, status: int, body: bytes, content_type: str, headers: dict):
-        self._status = status
-        self.send_response_only(status)
+    def _send(self, answer: Answer):
+        headers = dict(answer.headers)
+        if headers.pop("Connection", "").lower() == "close":  # sent below, once
+            self.close_connection = True
+        self._status = answer.status
+        self.send_response_only(answer.status)
         self.send_header("Date", self.date_time_string())
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         for key, value in headers.items():
@@ -415,26 +471,23 @@ class AppHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if not self._head:
-            self.wfile.write(body)
-        self._bytes_sent = len(body)
+        if self.command != "HEAD":
+            self.wfile.write(answer.body)
+        self._bytes_sent = len(answer.body)
 
     def send_error(self, code, message=None, explain=None):
         """Errors found by ``http.server`` itself (a bad request line, headers too long):
         JSON like every other answer."""
         self._started = time.monotonic()
-        self._status = 0
-        self._bytes_sent = 0
-        self._head = self.command == "HEAD"
+        self._status = self._bytes_sent = 0
         self.close_connection = True
         try:
             reason = message or HTTPStatus(code).phrase
         except ValueError:
             reason = "error"
-        self._send_error_json(RequestError(code, reason))
+        self._send(error_answer(RequestError(code, reason)))
         self._log_request()
 
-    # --------------------------------------------------------------------- logging
     def _log_request(self):
         status = getattr(self, "_status", 0)
         if not (self.server.verbose or status >= 400):

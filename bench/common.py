@@ -23,7 +23,6 @@ overhead, so a configuration that does them shows a lower MFU, not more FLOPs.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import resource
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from model.clip import SelfAttention
 
 # Dense bf16 tensor-core peak (FLOP/s) by GPU name; MFU is reported against this.
 PEAK_BF16_FLOPS = (
@@ -142,38 +143,34 @@ def train_step_flops(stage: str, cfg, arch, batch_size: int) -> float:
 
 
 # ------------------------------------------------------------- reference-style attention
-def explicit_attention_forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
-    """``SelfAttention.forward`` computed the way ``nn.MultiheadAttention(need_weights=True)``
-    does it: softmax(Q K^T / sqrt(d) + mask) materialised as a [B, H, L, L] tensor, then
-    A V, and the head-averaged weights computed (and, as by the callers, thrown away)."""
-    batch, length, width = x.shape
-    head_dim = width // self.heads
-    qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-    qkv = qkv.view(batch, length, 3, self.heads, head_dim)
-    query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, d]
-    scores = (query * head_dim ** -0.5) @ key.transpose(-2, -1)  # [B, H, L, L]
-    if causal:
-        mask = torch.full((length, length), float("-inf"), device=x.device,
-                          dtype=scores.dtype).triu_(1)
-        scores = scores + mask
-    weights = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
-    out = weights @ value  # [B, H, L, d]
-    weights.mean(dim=1)  # the [B, L, L] average need_weights=True returns
-    out = out.transpose(1, 2).reshape(batch, length, width)
-    return self.out_proj(out)
+class ExplicitAttention(SelfAttention):
+    """``SelfAttention`` computed the way ``nn.MultiheadAttention(need_weights=True)`` does
+    it: softmax(Q K^T / sqrt(d) + mask) materialised as a [B, H, L, L] tensor, then A V, and
+    the head-averaged weights computed (and, as by the callers, thrown away). The same
+    parameters and the same result as the fused kernel; only the cost differs."""
+
+    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(batch, length, 3, self.heads, head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, d]
+        scores = (query * head_dim ** -0.5) @ key.transpose(-2, -1)  # [B, H, L, L]
+        if causal:
+            mask = torch.full((length, length), float("-inf"), device=x.device,
+                              dtype=scores.dtype).triu_(1)
+            scores = scores + mask
+        weights = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
+        out = weights @ value  # [B, H, L, d]
+        weights.mean(dim=1)  # the [B, L, L] average need_weights=True returns
+        out = out.transpose(1, 2).reshape(batch, length, width)
+        return self.out_proj(out)
 
 
-@contextlib.contextmanager
-def reference_attention(enabled: bool = True):
-    """Within the block, every ``model.clip.SelfAttention`` runs ``explicit_attention_forward``;
-    the original forward is put back on exit (also on errors)."""
-    from model.clip import SelfAttention
-    if not enabled:
-        yield
-        return
-    original = SelfAttention.__dict__["forward"]
-    SelfAttention.forward = explicit_attention_forward
-    try:
-        yield
-    finally:
-        SelfAttention.forward = original
+def use_explicit_attention(model: torch.nn.Module) -> int:
+    """Turn every ``SelfAttention`` inside ``model`` (this instance only) into an
+    ``ExplicitAttention`` with the same parameters; returns how many."""
+    attentions = [module for module in model.modules() if type(module) is SelfAttention]
+    for module in attentions:
+        module.__class__ = ExplicitAttention
+    return len(attentions)

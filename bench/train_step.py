@@ -21,8 +21,8 @@ achieved_tflops (that count over the median step time; with ``--accum-steps`` th
 gradient-free first pass is not counted) and, on CUDA, mfu (achieved over
 the dense bf16 peak of H100 SXM / H200 / A100; null on the CPU and for other GPUs).
 
-``--reference-attention`` swaps, for this run only, the fused attention of
-``model.clip.SelfAttention`` for an explicit softmax(Q K^T / sqrt(d)) with the weights
+``--reference-attention`` makes every attention of this run's model a
+``bench.common.ExplicitAttention``: an explicit softmax(Q K^T / sqrt(d)) with the weights
 materialised, as ``nn.MultiheadAttention(need_weights=True)`` computes it.
 ``loss.separate_soft_target_pass=true`` adds the extra no-grad forward pass for the soft
 targets. Both together are the reference implementation's way of doing a stage-1 step.
@@ -69,12 +69,12 @@ from pathlib import Path
 import torch
 
 from bench.common import (CAPTIONS, emit, finite_round, peak_flops, peak_memory_mb,
-                          reference_attention, summarize_ms, timed_ms, train_step_flops)
+                          summarize_ms, timed_ms, train_step_flops, use_explicit_attention)
 from model.tokenizer import tokenize
 from utils.config import flatten, load_config, parse_overrides
 from utils.distributed import resolve_device
-from engine.trainer import (accumulated_step, amp_dtype, build_optimizer, seed_everything,
-                          train_step)
+from utils.precision import training_dtype
+from engine.trainer import accumulated_step, build_optimizer, seed_everything, train_step
 from engine.stages import STAGES
 
 DEFAULT_CONFIGS = {"adapt": "config/TriPEDES_pretrain.yaml", "token": "config/Market_finetune.yaml"}
@@ -157,10 +157,12 @@ def main(argv=None) -> dict:
     else:
         model = stage.build_model(cfg)
     model = model.to(device).train()
+    if args.reference_attention:
+        use_explicit_attention(model)
     optimizer = build_optimizer(model, cfg, stage.lr_scales(cfg))
     for group in optimizer.param_groups:
         group["lr"] = cfg.train.lr * group["lr_scale"]
-    dtype = amp_dtype(device, cfg)
+    dtype = training_dtype(device, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     train_model = torch.compile(model) if cfg.train.compile else model
     accum = args.accum_steps
@@ -179,10 +181,9 @@ def main(argv=None) -> dict:
                                        device, dtype, cfg.train.grad_clip)
         last_loss[:] = [loss]
 
-    with reference_attention(args.reference_attention):
-        for _ in range(args.warmup):
-            timed_ms(step, device)
-        times = [timed_ms(step, device) for _ in range(args.steps)]
+    for _ in range(args.warmup):
+        timed_ms(step, device)
+    times = [timed_ms(step, device) for _ in range(args.steps)]
     loss = float(last_loss[0])
     if not math.isfinite(loss):
         sys.exit(f"error: the loss is not finite ({loss})")

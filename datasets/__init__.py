@@ -1,13 +1,46 @@
-"""Datasets by name (``data.dataset``): training samples and evaluation sets."""
+"""Datasets by name (``data.dataset``): the one registry of what can be trained and tested.
+
+Each name maps to a loader module (``pedes``, ``market_sketch``, ``pku_sketch``) and the
+datasets it stands for (Tri-PEDES is the union of three). Every loader offers the same
+interface, which is all the rest of the project uses:
+
+    config_train_samples(cfg, members, trial)        -> [TrainSample]
+    config_eval_sets(cfg, members, split, trial)     -> [EvalSet]
+    config_has_split(cfg, members, split)            -> bool
+    scan(report, cfg, members)                       counts and problems for datasets.check
+
+A new dataset is a loader module with these four functions plus one entry below (and, to
+test without real data, a layout in ``datasets.synthetic``).
+"""
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
+import importlib
 
 from utils.errors import ConfigError
 
 PEDES = ("cuhk-pedes", "icfg-pedes", "rstpreid")
-DATASET_NAMES = ("tri-pedes",) + PEDES + ("mask1k", "pku-sketch")
-STAGE1_DATASETS = ("tri-pedes",) + PEDES
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    loader: str         # module of this package
+    members: tuple      # the datasets the name stands for
+    stages: tuple       # stages that may train and test on it: "adapt", "token"
+
+
+REGISTRY = {
+    "tri-pedes": Entry("pedes", PEDES, ("adapt", "token")),
+    **{name: Entry("pedes", (name,), ("adapt", "token")) for name in PEDES},
+    "mask1k": Entry("market_sketch", ("mask1k",), ("token",)),
+    "pku-sketch": Entry("pku_sketch", ("pku-sketch",), ("token",)),
+}
+DATASET_NAMES = tuple(REGISTRY)
+
+
+def names_for(stage: str) -> tuple:
+    """The dataset names a stage accepts."""
+    return tuple(name for name, entry in REGISTRY.items() if stage in entry.stages)
 
 
 def check_name(name: str, allowed=DATASET_NAMES) -> str:
@@ -16,47 +49,29 @@ def check_name(name: str, allowed=DATASET_NAMES) -> str:
     return name
 
 
-def pedes_members(name: str) -> list:
-    """The PEDES datasets that ``name`` stands for (Tri-PEDES is all three)."""
-    return list(PEDES) if name == "tri-pedes" else [name]
+def members(name: str) -> list:
+    """The datasets that ``name`` stands for (Tri-PEDES: its three test sets)."""
+    return list(REGISTRY[check_name(name)].members)
+
+
+def loader(name: str):
+    """The loader module of dataset ``name``."""
+    return importlib.import_module(f"datasets.{REGISTRY[check_name(name)].loader}")
 
 
 def train_samples(cfg, trial=None) -> list:
     """``TrainSample`` list of the training split of ``data.dataset``."""
-    name, root = check_name(cfg.data.dataset), Path(cfg.data.root)
-    if name in STAGE1_DATASETS:
-        from datasets import pedes
-        return pedes.train_samples(root, pedes_members(name), cfg.data.sketch_pairing,
-                                   cfg.data.pre_caption, cfg.data.empty_missing_backtrans,
-                                   cfg.data.skip_missing_sketches)
-    if name == "mask1k":
-        from datasets import market_sketch
-        return market_sketch.train_samples(root)
-    from datasets import pku_sketch
-    return pku_sketch.train_samples(root, trial, cfg.seed, cfg.data.pku_reference_indexing)
+    name = cfg.data.dataset
+    return loader(name).config_train_samples(cfg, members(name), trial)
 
 
 def eval_sets(cfg, split: str, trial=None) -> list:
     """``EvalSet`` per test set of ``data.dataset`` (Tri-PEDES: one per member)."""
-    name, root = check_name(cfg.data.dataset), Path(cfg.data.root)
-    if name in STAGE1_DATASETS:
-        from datasets import pedes
-        return [pedes.eval_set(root, member, split, cfg.data.pre_caption, cfg.test.sketch_queries,
-                               cfg.data.skip_missing_sketches)
-                for member in pedes_members(name)]
-    if name == "mask1k":
-        from datasets import market_sketch
-        return [market_sketch.eval_set(root, split)]
-    from datasets import pku_sketch
-    return [pku_sketch.eval_set(root, trial, cfg.seed, split)]
+    name = cfg.data.dataset
+    return loader(name).config_eval_sets(cfg, members(name), split, trial)
 
 
 def has_split(cfg, split: str) -> bool:
     """Whether every test set of ``data.dataset`` also has ``split`` (e.g. val)."""
-    name, root = check_name(cfg.data.dataset), Path(cfg.data.root)
-    if split == "test":
-        return True
-    if name in STAGE1_DATASETS:
-        from datasets import pedes
-        return all(pedes.has_split(root, member, split) for member in pedes_members(name))
-    return False
+    name = cfg.data.dataset
+    return split == "test" or loader(name).config_has_split(cfg, members(name), split)

@@ -49,9 +49,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datasets.base import IMAGE_SUFFIXES
 from utils.errors import UserError, exit_on_user_error
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 TEMP_SUFFIX = ".sketch-partial"  # temporary files of an unfinished write
 JPEG_QUALITY = 95
 

@@ -236,3 +236,106 @@ def eval_set(root: Path, split: str) -> EvalSet:
                    gallery_ids=[pid for _, pid in gallery], gallery_cams=None,
                    sketch_paths=sketches, sketch_ids=sketch_ids, sketch_cams=None,
                    text_queries=list(feedback), text_ids=list(sketch_ids), feedback=feedback)
+
+
+# ----------------------------------------------------------------------------
+# From the config (the interface every loader offers ``datasets``) and the checker
+# ----------------------------------------------------------------------------
+
+def config_train_samples(cfg, members: list, trial=None) -> list:
+    return train_samples(Path(cfg.data.root))
+
+
+def config_eval_sets(cfg, members: list, split: str, trial=None) -> list:
+    return [eval_set(Path(cfg.data.root), split)]
+
+
+def config_has_split(cfg, members: list, split: str) -> bool:
+    return split == "test"
+
+
+def scan(report, cfg, members: list) -> None:
+    """``datasets.check``: counts per part and style, and every problem."""
+    _scan(report, Path(cfg.data.root))
+
+
+def _ids_for_check(report, paths: list) -> list:
+    """``(path, person id)`` of the files whose name starts with a person id, junk (-1)
+    and distractors (0000) left out."""
+    named = []
+    for path in paths:
+        try:
+            pid = person_id(path)
+        except DatasetError as error:
+            report.problem("layout", str(error))
+            continue
+        if pid not in (JUNK, DISTRACTOR):
+            named.append((path, pid))
+    return named
+
+
+def _scan(report, root: Path) -> None:
+    folder = _folder(root)  # data.root and the dataset folder: input errors
+    sketch_root = folder / "sketch"
+    styles = sorted(path.name for path in sketch_root.iterdir() if path.is_dir()) \
+        if sketch_root.is_dir() else []
+    if not sketch_root.is_dir():
+        report.problem("layout", f"no sketch folder {report.name(sketch_root)}")
+    attributes = None
+    mat_path = folder / ATTRIBUTE_FILE
+    if not mat_path.is_file():
+        report.problem("layout", f"no attribute file {report.name(mat_path)} (needed for "
+                                 "the test feedback)")
+    else:
+        try:
+            attributes = read_attributes(mat_path)
+        except DatasetError as error:
+            report.problem("layout", str(error))
+    table = report.table(FOLDER, ["identities", "photos", "sketches"]
+                         + [f"style {style}" for style in styles] + ["attributes"])
+    totals = {"ids": set(), "photos": 0, "sketches": 0, "attributes": 0}
+    for part in ("train", "query"):
+        photo_dir = folder / "photo" / part
+        if photo_dir.is_dir():
+            photos = _ids_for_check(report, image_files(photo_dir))
+        else:
+            report.problem("layout", f"no {part} photo folder {report.name(photo_dir)}")
+            photos = []
+        row, sketches = {}, []
+        for style in styles:
+            style_dir = sketch_root / style / part
+            found = _ids_for_check(report, image_files(style_dir)) if style_dir.is_dir() else []
+            row[f"style {style}"] = len(found)
+            sketches.extend(found)
+        photo_ids = {pid for _, pid in photos}
+        sketch_ids = {pid for _, pid in sketches}
+        for path, pid in photos:
+            report.image(path, f"Market-Sketch-1K {part} photo")
+        for path, pid in sketches:
+            report.image(path, f"Market-Sketch-1K {part} sketch")
+            if part == "train" and pid not in photo_ids:
+                report.problem("unmatched", f"training sketch {report.name(path)}: no "
+                                            f"training photo of person {pid:04d}")
+        with_attributes = {pid for pid in photo_ids | sketch_ids
+                           if attributes is not None and pid in attributes}
+        if part == "query" and attributes is not None:
+            for pid in sorted(sketch_ids - set(attributes)):
+                report.problem("unmatched", f"query person {pid:04d} has sketches but no "
+                                            f"attributes in {report.name(mat_path)}")
+        if not photos:
+            report.problem("empty_splits", f"Market-Sketch-1K {part}: no photos in "
+                                           f"{report.name(photo_dir)}")
+        if not sketches:
+            report.problem("empty_splits", f"Market-Sketch-1K {part}: no sketches in "
+                                           f"{report.name(sketch_root)}/<style>/{part}")
+        row.update({"identities": len(photo_ids | sketch_ids), "photos": len(photos),
+                    "sketches": len(sketches), "attributes": len(with_attributes)})
+        table["rows"][part] = row
+        totals["ids"] |= {(part, pid) for pid in photo_ids | sketch_ids}
+        totals["photos"] += len(photos)
+        totals["sketches"] += len(sketches)
+        totals["attributes"] += len(with_attributes)
+        for style in styles:
+            totals[f"style {style}"] = totals.get(f"style {style}", 0) + row[f"style {style}"]
+    totals["identities"] = len(totals.pop("ids"))
+    table["rows"]["total"] = totals

@@ -324,3 +324,63 @@ def eval_set(root: Path, name: str, split: str, clean: bool = True,
                    gallery_cams=list(range(len(found))), sketch_paths=sketches,
                    sketch_ids=sketch_ids, sketch_cams=sketch_cams, text_queries=texts,
                    text_ids=text_ids, text_photos=text_photos, feedback=feedback)
+
+
+# ----------------------------------------------------------------------------
+# From the config (the interface every loader offers ``datasets``) and the checker
+# ----------------------------------------------------------------------------
+
+def config_train_samples(cfg, members: list, trial=None) -> list:
+    return train_samples(Path(cfg.data.root), members, cfg.data.sketch_pairing,
+                         cfg.data.pre_caption, cfg.data.empty_missing_backtrans,
+                         cfg.data.skip_missing_sketches)
+
+
+def config_eval_sets(cfg, members: list, split: str, trial=None) -> list:
+    return [eval_set(Path(cfg.data.root), member, split, cfg.data.pre_caption,
+                     cfg.test.sketch_queries, cfg.data.skip_missing_sketches)
+            for member in members]
+
+
+def config_has_split(cfg, members: list, split: str) -> bool:
+    return all(has_split(Path(cfg.data.root), member, split) for member in members)
+
+
+def scan(report, cfg, members: list) -> None:
+    """``datasets.check``: counts per split and every problem, through the parsers above."""
+    for member in members:
+        _scan_one(report, Path(cfg.data.root), member)
+
+
+def _scan_one(report, root: Path, name: str) -> None:
+    folder = FOLDERS[name]
+    require_path(root, "data.root", layout(name))
+    require_path(root / folder, f"{name} folder", layout(name))
+    table = report.table(folder, ["identities", "photos", "sketches", "captions"])
+    totals = {"ids": set(), "photos": 0, "sketches": 0, "captions": 0}
+    for split in ("train", "val", "test"):
+        if split == "val" and not has_split(root, name, split):
+            continue  # optional: training then selects on test
+        try:
+            entries, problems = parse_annotations(root, name, split)
+        except DatasetError as error:  # no annotation file for this split
+            report.problem("layout", str(error).splitlines()[0])
+            continue
+        found, located = locate(root, name, split, entries)
+        for kind, message in problems + located:
+            report.problem(kind, message)
+        ids = {entry["id"] for entry, _, _ in found}
+        sketches = [sketch for _, _, sketch in found if sketch is not None]
+        for entry, photo, sketch in found:
+            report.image(photo, f"{folder} {split} photo")
+            if sketch is not None:
+                report.image(sketch, f"{folder} {split} sketch")
+        captions = sum(len(entry["captions"]) for entry in entries)
+        table["rows"][split] = {"identities": len(ids), "photos": len(found),
+                                "sketches": len(sketches), "captions": captions}
+        totals["ids"] |= {(split, pid) for pid in ids}
+        totals["photos"] += len(found)
+        totals["sketches"] += len(sketches)
+        totals["captions"] += captions
+    table["rows"]["total"] = {"identities": len(totals["ids"]), "photos": totals["photos"],
+                              "sketches": totals["sketches"], "captions": totals["captions"]}

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from datasets.base import (EvalSet, TrainSample, image_files, read_lines, require_path,
                            stop_at_first)
-from utils.errors import DatasetError
+from utils.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -351,3 +351,115 @@ def eval_set(root: Path, trial, seed, split: str) -> EvalSet:
                    sketch_paths=[path for path, _, _ in sketches], sketch_ids=sketch_ids,
                    sketch_cams=[cam for _, _, cam in sketches], text_queries=texts,
                    text_ids=list(sketch_ids), feedback=list(texts))
+
+
+# ----------------------------------------------------------------------------
+# From the config (the interface every loader offers ``datasets``) and the checker
+# ----------------------------------------------------------------------------
+
+def config_train_samples(cfg, members: list, trial=None) -> list:
+    return train_samples(Path(cfg.data.root), trial, cfg.seed, cfg.data.pku_reference_indexing)
+
+
+def config_eval_sets(cfg, members: list, split: str, trial=None) -> list:
+    return [eval_set(Path(cfg.data.root), trial, cfg.seed, split)]
+
+
+def config_has_split(cfg, members: list, split: str) -> bool:
+    return split == "test"
+
+
+def scan(report, cfg, members: list) -> None:
+    """``datasets.check``: counts of every trial in ``data.trials``, and every problem."""
+    trials = cfg.data.trials
+    if not isinstance(trials, list) or not trials or \
+            not all(isinstance(t, int) and not isinstance(t, bool) for t in trials):
+        raise ConfigError(f"data.trials must be a non-empty list of integers, got {trials!r}")
+    _scan(report, Path(cfg.data.root), trials, int(cfg.seed or 0))
+
+
+def _index_for_check(report, folder: Path, path: Path) -> list:
+    """``(path, id)`` of the lines of an idx file whose image exists; the others are
+    problems."""
+    if not path.is_file():
+        report.problem("layout", f"no split file {report.name(path)}")
+        return []
+    entries, problems = parse_index(folder, path)
+    for kind, message in problems:
+        report.problem(kind, message, key=message.split(": ", 1)[-1])
+    return [(image, pid) for image, pid, _ in entries]
+
+
+def _drawn_for_check(report, folder: Path, trial: int, seed: int) -> dict:
+    """``{part: (photos, sketches)}`` of a trial drawn as the loader draws it."""
+    photos_of, problems = scan_photos(folder)
+    sketch_of, sketch_problems = scan_sketches(folder)
+    styles, style_problems = read_styles(folder)
+    for kind, message in problems + sketch_problems + style_problems:
+        report.problem(kind, message)
+    try:
+        parts_ids = trial_split(list(photos_of), styles, trial, seed)
+    except DatasetError as error:
+        report.problem("empty_splits", f"PKU-Sketch trial {trial}: {error}")
+        return {"train": ([], []), "test": ([], [])}
+    parts = {}
+    for part, ids in zip(("train", "test"), parts_ids):
+        photos, sketches = [], []
+        for pid in ids:
+            photos.extend((path, pid) for path, _ in photos_of[pid])
+            if pid in sketch_of:
+                sketches.append((sketch_of[pid], pid))
+            else:
+                report.problem("missing_sketches", f"{report.name(folder / 'sketch')}/{pid}.jpg "
+                                                   f"(person {pid} has photos)")
+        parts[part] = (photos, sketches)
+    return parts
+
+
+def _scan(report, root: Path, trials: list, seed: int) -> None:
+    folder = _folder(root)  # data.root and the dataset folder: input errors
+    caption_path = folder / CAPTION_FILE
+    captions = {}
+    if caption_path.is_file():
+        captions, problems = parse_captions(caption_path)
+        for kind, message in problems:
+            report.problem(kind, message)
+    else:
+        report.problem("layout", f"no caption file {report.name(caption_path)}")
+    index_dir = folder / "idx"
+    report.pku_splits = "idx/" if index_dir.is_dir() else f"drawn from seed={seed}"
+    table = report.table(f"{folder.name} (splits: {report.pku_splits})",
+                         ["identities", "photos", "sketches", "captions"])
+    every = {"ids": set(), "photos": set(), "sketches": set()}
+    for trial in trials:
+        if index_dir.is_dir():
+            parts = {part: (_index_for_check(report, folder, index_dir / f"{part}_visible_{trial}.txt"),
+                            _index_for_check(report, folder, index_dir / f"{part}_sketch_{trial}.txt"))
+                     for part in ("train", "test")}
+        else:
+            parts = _drawn_for_check(report, folder, trial, seed)
+        for part, (photos, sketches) in parts.items():
+            photo_ids = {pid for _, pid in photos}
+            sketch_ids = {pid for _, pid in sketches}
+            ids = photo_ids | sketch_ids
+            for path, _ in photos:
+                report.image(path, f"PKU-Sketch trial {trial} {part} photo")
+            for path, pid in sketches:
+                report.image(path, f"PKU-Sketch trial {trial} {part} sketch")
+                if part == "train" and pid not in photo_ids:
+                    report.problem("unmatched", f"PKU-Sketch trial {trial}: training sketch "
+                                                f"{report.name(path)} has no training photo "
+                                                f"of person {pid}", path)
+            if not photos or not sketches:
+                missing = "photos" if not photos else "sketches"
+                report.problem("empty_splits", f"PKU-Sketch trial {trial} {part}: no {missing}")
+            table["rows"][f"trial {trial} {part}"] = {
+                "identities": len(ids), "photos": len(photos), "sketches": len(sketches),
+                "captions": sum(len(captions.get(pid, ())) for pid in ids)}
+            every["ids"] |= ids
+            every["photos"] |= {path for path, _ in photos}
+            every["sketches"] |= {path for path, _ in sketches}
+    table["rows"]["all trials"] = {
+        "identities": len(every["ids"]), "photos": len(every["photos"]),
+        "sketches": len(every["sketches"]),
+        "captions": sum(len(captions.get(pid, ())) for pid in every["ids"])}

@@ -22,9 +22,9 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, accum_steps: int = 1, shuffle: bool = True):
+                 world_size: int = 1, accum_steps: int = 1):
         self.num_samples, self.batch_size = num_samples, batch_size
-        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch, self.start_batch = 0, 0
         # Whole optimizer steps only: each takes accum_steps micro-batches per process.
         steps = num_samples // (batch_size * world_size * accum_steps)
@@ -37,11 +37,8 @@ class EpochSampler(Sampler):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
     def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_samples))
+        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
         # Global batch k is order[k*B*W:(k+1)*B*W] (as one process with batch B*W would
         # see it); this process takes its slice of B from each.
         global_batch = self.batch_size * self.world_size

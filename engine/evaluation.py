@@ -11,14 +11,9 @@ from datasets.base import ImageListDataset
 from model.tokenizer import tokenize
 from utils.distributed import is_main
 from utils.metrics import rank_metrics
-from utils.precision import autocast, autocast_dtype
+from utils.precision import autocast
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
-
-
-def eval_dtype(device: torch.device, cfg):
-    """Autocast dtype of evaluation and search: ``test.amp`` (off: float32, as the paper)."""
-    return autocast_dtype(device, cfg.test.amp, cfg.train.amp_dtype)
 
 
 @torch.no_grad()

@@ -11,18 +11,18 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from datasets.base import IMAGE_SUFFIXES
 from datasets.transforms import eval_transform
+from model.build import token_model_from_checkpoint
 from model.token import join_feedback
 from utils.checkpoint import UNREADABLE_FILE_ERRORS, load_checkpoint, save_atomic
 from utils.config import load_config
 from utils.distributed import resolve_device
 from utils.errors import UserError
-from engine.evaluation import encode_images, eval_dtype
-from utils.precision import autocast
-from engine.stages import TokenStage
+from engine.evaluation import encode_images
+from utils.precision import autocast, inference_dtype
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 INDEX_FORMAT = 1
 
 
@@ -67,11 +67,10 @@ class SearchEngine:
         state = load_checkpoint(self.checkpoint_path, expected_stage="token")
         self.cfg = load_config(None, [f"test.batch_size={batch_size}"], base=state["config"])
         self.device = resolve_device(device)
-        self.stage = TokenStage()
-        self.model = self.stage.model_from_checkpoint(state, self.cfg, str(self.checkpoint_path))
+        self.model = token_model_from_checkpoint(state, self.cfg, str(self.checkpoint_path))
         self.model = self.model.to(self.device).eval()
         self.transform = eval_transform(self.cfg)
-        self.dtype = eval_dtype(self.device, self.cfg)
+        self.dtype = inference_dtype(self.device, self.cfg)
         # What the stored features depend on: the weights (this file), how images are
         # prepared and the precision.
         signature = file_signature(self.checkpoint_path)
@@ -130,7 +129,7 @@ class SearchEngine:
 
     # ------------------------------------------------------------------------- query
     def query_text(self, feedback: Sequence[str]) -> str:
-        return self.stage.query_texts([join_feedback(feedback)], self.cfg)[0]
+        return self.model.query_text(join_feedback(feedback))
 
     @torch.no_grad()
     def search(self, sketch: Image.Image, feedback: Sequence[str] = (), topk: int = 10) -> list:
@@ -139,9 +138,8 @@ class SearchEngine:
         images = self.transform(sketch.convert("RGB")).unsqueeze(0).to(self.device)
         with self.lock:
             with autocast(self.device, self.dtype):
-                sketch_feats = self.model.clip.encode_image(images).float()
-            query = self.stage.composed_features(self.model, sketch_feats,
-                                                 [join_feedback(feedback)], self.cfg, self.device)
+                sketch_feats = self.model.clip.encode_image(images)
+                query = self.model.encode_query(sketch_feats, [join_feedback(feedback)]).float()
             scores = (query @ self.features.t())[0]
         best = scores.topk(min(topk, len(self.paths)))
         return [(self.paths[i], float(s)) for s, i in zip(best.values.tolist(),

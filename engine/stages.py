@@ -7,7 +7,6 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from easydict import EasyDict
 
 import datasets as data_registry
 from datasets.base import (PairDataset, drop_bad_images_from_eval_set,
@@ -16,14 +15,15 @@ from datasets.captions import feedback_rounds
 from datasets.mixgen import MixGenCollate
 from datasets.transforms import eval_transform, train_transform
 from model.adapt import AdaptModel
-from model.build import clip_from_pretrained, clip_from_project_state
+from model.build import (adapt_model_from_checkpoint, clip_from_pretrained,
+                         clip_from_project_state, token_model_from_checkpoint)
 from model.clip import load_state_dict_strict
-from model.token import TokenModel, compose_query
-from model.tokenizer import tokenize
+from model.losses import soft_target_share
+from model.token import TokenModel
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
-from engine.evaluation import METRICS, encode_images, encode_texts, eval_dtype, retrieval
-from utils.precision import autocast
+from engine.evaluation import METRICS, encode_images, encode_texts, retrieval
+from utils.precision import autocast, inference_dtype
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Stage:
         if task != "auto" and task not in self.tasks:
             raise ConfigError(f"train.select_task={task!r} is not one of auto, "
                               f"{', '.join(self.tasks)}")
-        members = data_registry.pedes_members(cfg.data.dataset)
+        members = data_registry.members(cfg.data.dataset)
         dataset = cfg.train.select_dataset
         if dataset != "auto" and cfg.data.dataset == "tri-pedes" and dataset not in members:
             raise ConfigError(f"train.select_dataset={dataset!r} is not one of auto, "
@@ -136,14 +136,6 @@ class Stage:
                               f"{', '.join(block['tasks'])}")
         return block["tasks"][task][metric]
 
-    @staticmethod
-    def load_besides_clip(model, state: dict, source: str):
-        """Load a checkpoint's state into ``model`` whose CLIP was already rebuilt from it
-        (and possibly resampled to a new input size): strictly, keeping that CLIP."""
-        clip_state = {k: v for k, v in model.state_dict().items() if k.startswith("clip.")}
-        load_state_dict_strict(model, {**state, **clip_state}, source)
-        return model
-
     def load_model_state(self, model, state: dict, source: str) -> None:
         load_state_dict_strict(model, state, source)
 
@@ -155,7 +147,7 @@ class AdaptStage(Stage):
     title = "stage 1 (task-oriented knowledge adaptation)"
     default_task = "sketch_to_image"
     tasks = ("text_to_image", "sketch_to_image")
-    datasets = data_registry.STAGE1_DATASETS
+    datasets = data_registry.names_for("adapt")
 
     def train_dataset(self, cfg, trial=None) -> PairDataset:
         return self.pair_dataset(cfg, trial, with_text=True, with_view=cfg.loss.ss > 0,
@@ -171,17 +163,11 @@ class AdaptStage(Stage):
         return AdaptModel(clip_from_pretrained(cfg), cfg.loss, train_set.num_classes())
 
     def model_from_checkpoint(self, checkpoint: dict, cfg, source: str) -> AdaptModel:
-        state = checkpoint["model"]
-        classifier = state.get("id_classifier.weight")
-        num_classes = classifier.shape[0] if classifier is not None else 0
-        model = AdaptModel(clip_from_project_state(state, checkpoint["config"], cfg),
-                           EasyDict(checkpoint["config"]["loss"]), num_classes)
-        return self.load_besides_clip(model, state, source)
+        return adapt_model_from_checkpoint(checkpoint, cfg, source)
 
     def loss_inputs(self, cfg, epoch, step_in_epoch, steps_per_epoch) -> dict:
-        # Soft targets ramp in over the first epoch, from 0 to loss.softlabel_ratio.
-        ramp = min(1.0, step_in_epoch / steps_per_epoch) if epoch == 0 else 1.0
-        return {"alpha": cfg.loss.softlabel_ratio * ramp}
+        return {"alpha": soft_target_share(cfg.loss.softlabel_ratio, epoch, step_in_epoch,
+                                           steps_per_epoch)}
 
     def evaluate(self, model, cfg, split: str, device, trial=None, examples: int = 0,
                  queries: bool = False) -> dict:
@@ -190,7 +176,7 @@ class AdaptStage(Stage):
         blocks, shown, asked = {}, [], []
         encode = partial(encode_images, transform=eval_transform(cfg), device=device,
                          batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
-                         dtype=eval_dtype(device, cfg))
+                         dtype=inference_dtype(device, cfg))
         rank = partial(retrieval, rank_denominator=cfg.test.rank_denominator)
         for eval_set in self.eval_sets(cfg, split, trial):
             gallery = encode(model.encode_image, eval_set.gallery_paths,
@@ -202,7 +188,7 @@ class AdaptStage(Stage):
             sketches = sketches[torch.as_tensor([row[p] for p in eval_set.sketch_paths],
                                                 device=sketches.device)]
             texts = encode_texts(model, eval_set.text_queries, cfg.model.context_length, device,
-                                 cfg.test.batch_size, eval_dtype(device, cfg))
+                                 cfg.test.batch_size, inference_dtype(device, cfg))
             blocks[eval_set.name] = {"tasks": {
                 "text_to_image": rank(texts, gallery, eval_set.text_ids, eval_set.gallery_ids),
                 "sketch_to_image": rank(sketches, gallery, eval_set.sketch_ids,
@@ -233,7 +219,7 @@ class TokenStage(Stage):
     title = "stage 2 (pseudo-word token learning)"
     default_task = "interactive"
     tasks = ("interactive", "sketch_only", "text_only", "interactive_mq", "sketch_only_mq")
-    datasets = data_registry.DATASET_NAMES
+    datasets = data_registry.names_for("token")
 
     def train_dataset(self, cfg, trial=None) -> PairDataset:
         return self.pair_dataset(cfg, trial, with_text=False)
@@ -249,31 +235,23 @@ class TokenStage(Stage):
         return TokenModel(clip, cfg.model, cfg.loss)
 
     def model_from_checkpoint(self, checkpoint: dict, cfg, source: str) -> TokenModel:
-        clip = clip_from_project_state(checkpoint["model"], checkpoint["config"], cfg)
-        model = TokenModel(clip, cfg.model, cfg.loss)
-        return self.load_besides_clip(model, checkpoint["model"], source)
+        return token_model_from_checkpoint(checkpoint, cfg, source)
 
     def lr_scales(self, cfg) -> dict:
         return {"img2text.": cfg.train.ratio_factor}
 
     @staticmethod
-    def query_texts(feedback: list, cfg) -> list:
-        """The composed query text of each feedback text."""
-        return [compose_query(cfg.model.prompt, text, cfg.model.sketch_prompt) for text in feedback]
-
-    def composed_features(self, model, sketch_feats, feedback: list, cfg, device) -> torch.Tensor:
-        """Normalised features [Q, E] of "a photo of * , and {feedback}" per query, from raw
-        sketch features [Q, E] and one feedback text per query."""
-        texts = self.query_texts(feedback, cfg)
-        dtype = eval_dtype(device, cfg)
+    def composed_features(model, sketch_feats, feedback: list, cfg, device) -> torch.Tensor:
+        """``model.encode_query`` over the queries in batches, without gradients, in the
+        inference precision: features [Q, E] from raw sketch features [Q, E] and one
+        feedback text per query."""
+        size, dtype = cfg.test.batch_size, inference_dtype(device, cfg)
         feats = []
         with torch.no_grad():
-            for start in range(0, len(texts), cfg.test.batch_size):
-                tokens = tokenize(texts[start:start + cfg.test.batch_size],
-                                  cfg.model.context_length).to(device)
+            for start in range(0, len(feedback), size):
                 with autocast(device, dtype):
-                    feats.append(model.compose(
-                        sketch_feats[start:start + cfg.test.batch_size], tokens).float())
+                    feats.append(model.encode_query(sketch_feats[start:start + size],
+                                                    feedback[start:start + size]).float())
         return torch.cat(feats)
 
     def evaluate(self, model, cfg, split: str, device, trial=None, examples: int = 0,
@@ -283,7 +261,7 @@ class TokenStage(Stage):
         feedback; with ``test.multi_query``, all sketches of a person as one query
         (``*_mq``); with ``queries``, the texts of every query (``results["queries"]``)."""
         (eval_set,) = self.eval_sets(cfg, split, trial)
-        dtype = eval_dtype(device, cfg)
+        dtype = inference_dtype(device, cfg)
         encode = partial(encode_images, transform=eval_transform(cfg), device=device,
                          batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                          dtype=dtype)
@@ -315,7 +293,7 @@ class TokenStage(Stage):
                 feedback = [per_query[round_number] for per_query in rounds]
                 feats = self.composed_features(model, sketch_raw, feedback, cfg, device)
                 results["rounds"].append({"round": round_number, **rank(feats)})
-        query_texts = self.query_texts(eval_set.feedback, cfg)
+        query_texts = [model.query_text(text) for text in eval_set.feedback]
         if examples:
             results["examples"] = ranked_examples(composed, gallery, eval_set, query_texts,
                                                   examples, same_camera_out=cams[0] is not None)
@@ -323,7 +301,7 @@ class TokenStage(Stage):
             results["queries"] = [
                 {"image": str(path), "person_id": pid,
                  "texts": {"interactive": text, "text_only": feedback,
-                           **({"rounds": self.query_texts(per_query, cfg)}
+                           **({"rounds": [model.query_text(text) for text in per_query]}
                               if cfg.test.rounds > 0 else {})}}
                 for path, pid, text, feedback, per_query in zip(
                     eval_set.sketch_paths, eval_set.sketch_ids, query_texts, eval_set.feedback,

@@ -22,7 +22,7 @@ from utils.config import save_config, to_plain
 from utils.errors import ConfigError, UserError
 from engine.evaluation import format_table, results_rows
 from utils.logger import setup_logging
-from utils.precision import autocast, autocast_dtype
+from utils.precision import autocast, training_dtype
 from utils.schedule import learning_rate
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,6 @@ def to_cpu(value):
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(item) for item in value)
     return value
-
-
-def amp_dtype(device: torch.device, cfg):
-    """Autocast dtype of training (``train.amp``, ``train.amp_dtype``): None (float32) on the
-    CPU or with ``train.amp=false``."""
-    return autocast_dtype(device, cfg.train.amp, cfg.train.amp_dtype)
 
 
 def accumulation_steps(cfg, world_size: int) -> int:
@@ -247,7 +241,7 @@ class Trainer:
         for split in {"test", self.select_on}:
             stage.eval_sets(cfg, split, trial)
         self.accum_steps = accumulation_steps(cfg, distributed.world_size())
-        self.amp_dtype = amp_dtype(self.device, cfg)
+        self.amp_dtype = training_dtype(self.device, cfg)
         self.model = stage.build_model(cfg, self.train_set).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg, stage.lr_scales(cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)

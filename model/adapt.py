@@ -12,34 +12,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.clip import CLIP
-from model.losses import (LOGIT_SCALE_CLAMPS, clamped_logit_scale, cyclic_loss, nt_xent_loss, reverse_kl_loss,
-                          soft_contrastive_loss)
+from model.losses import cyclic_loss, nt_xent_loss, reverse_kl_loss, soft_contrastive_loss
+from model.retrieval import RetrievalModel
 from utils.distributed import gather_no_grad, gather_with_grad
-from utils.errors import ConfigError
 
 
-class AdaptModel(nn.Module):
+class AdaptModel(RetrievalModel):
     """CLIP plus the optional heads of the auxiliary losses; ``forward(batch)`` returns the
     weighted losses as ``{"<name>_loss": tensor}`` for the trainer to sum."""
 
-    stage = "adapt"
-
     def __init__(self, clip: CLIP, loss_cfg, num_classes: int):
-        super().__init__()
-        self.clip = clip
+        super().__init__(clip, loss_cfg)
         self.weights = {name: float(loss_cfg[name]) for name in ("nitc", "nisc", "ritc", "id",
                                                                  "citc", "ss")}
         self.ritc_eps = loss_cfg.ritc_eps
         self.citc_lambdas = (loss_cfg.citc_lambda1, loss_cfg.citc_lambda2)
         self.ss_temperature = loss_cfg.ss_temperature
         self.separate_soft_target_pass = loss_cfg.separate_soft_target_pass
-        self.logit_scale_max = float(loss_cfg.logit_scale_max)
-        self.logit_scale_clamp = loss_cfg.logit_scale_clamp
-        if self.logit_scale_clamp not in LOGIT_SCALE_CLAMPS:
-            raise ConfigError(f"loss.logit_scale_clamp={self.logit_scale_clamp!r} is not one of "
-                              f"{', '.join(LOGIT_SCALE_CLAMPS)}")
         embed_dim = clip.arch.embed_dim
-        self.num_classes = num_classes
         if self.weights["id"] > 0:
             self.id_classifier = nn.Linear(embed_dim, num_classes)
             nn.init.normal_(self.id_classifier.weight, std=0.001)
@@ -47,16 +37,6 @@ class AdaptModel(nn.Module):
         if self.weights["ss"] > 0:
             self.ss_head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(inplace=True),
                                          nn.Linear(embed_dim, embed_dim))
-
-    def logit_scale(self) -> torch.Tensor:
-        return clamped_logit_scale(self.clip.logit_scale, self.logit_scale_max,
-                                   self.logit_scale_clamp)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_image(images), dim=-1)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)
 
     def forward(self, batch: dict, alpha: float = 0.0) -> dict:
         """batch: photo [B,3,H,W], sketch [B,3,H,W], tokens [B,L], label [B] (+ photo_view

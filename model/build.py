@@ -1,12 +1,14 @@
-"""Building the CLIP inside a model: from OpenAI's file (start of stage 1) or from a
-project checkpoint (start of stage 2, test.py, search)."""
+"""Building the models: their CLIP from OpenAI's file (start of stage 1) or from a project
+checkpoint (start of stage 2), and whole models from a checkpoint (test.py, search)."""
 from __future__ import annotations
 
 from typing import Mapping
 
 import torch
 
-from model.clip import CLIP, build_clip, load_clip
+from model.adapt import AdaptModel
+from model.clip import CLIP, build_clip, load_clip, load_state_dict_strict
+from model.token import TokenModel
 
 CLIP_PREFIX = "clip."
 
@@ -40,3 +42,27 @@ def clip_from_project_state(model_state: Mapping[str, torch.Tensor], stored_cfg,
     clip = build_clip(clip_state, cfg.model.image_size, cfg.model.context_length,
                       source_grid=grid)
     return configure_clip(clip, cfg.model)
+
+
+def _load_besides_clip(model, state: Mapping[str, torch.Tensor], source: str):
+    """Load a checkpoint's state into ``model`` whose CLIP was already rebuilt from it (and
+    possibly resampled to a new input size): strictly, keeping that CLIP."""
+    clip_state = {k: v for k, v in model.state_dict().items() if k.startswith(CLIP_PREFIX)}
+    load_state_dict_strict(model, {**state, **clip_state}, source)
+    return model
+
+
+def adapt_model_from_checkpoint(checkpoint: dict, cfg, source: str) -> AdaptModel:
+    """The stage-1 model of a checkpoint, at ``cfg``'s input size (with the identity head
+    when the checkpoint has one)."""
+    state = checkpoint["model"]
+    classifier = state.get("id_classifier.weight")
+    clip = clip_from_project_state(state, checkpoint["config"], cfg)
+    model = AdaptModel(clip, cfg.loss, classifier.shape[0] if classifier is not None else 0)
+    return _load_besides_clip(model, state, source)
+
+
+def token_model_from_checkpoint(checkpoint: dict, cfg, source: str) -> TokenModel:
+    """The stage-2 model of a checkpoint, at ``cfg``'s input size."""
+    clip = clip_from_project_state(checkpoint["model"], checkpoint["config"], cfg)
+    return _load_besides_clip(TokenModel(clip, cfg.model, cfg.loss), checkpoint["model"], source)

@@ -186,10 +186,6 @@ class CLIP(nn.Module):
                              block.mlp.c_fc.bias, block.mlp.c_proj.bias):
                     nn.init.zeros_(bias)
 
-    @property
-    def image_size(self) -> tuple:
-        return self.visual.image_size
-
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.visual.transformer.grad_checkpointing = enabled
         self.transformer.grad_checkpointing = enabled
@@ -351,15 +347,10 @@ def load_clip(path: str | Path, image_size: Sequence[int] = (224, 224),
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                           source: str, allowed_missing: Sequence[str] = ()) -> None:
-    """``load_state_dict`` that names every missing, unexpected or mis-shaped key.
-
-    ``allowed_missing`` lists key prefixes that may be absent (e.g. a head that is new in
-    this stage); anything else missing is an error.
-    """
+                           source: str) -> None:
+    """``load_state_dict`` that names every missing, unexpected or mis-shaped key."""
     own = module.state_dict()
-    missing = [key for key in own if key not in state_dict
-               and not any(key.startswith(prefix) for prefix in allowed_missing)]
+    missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
     mismatched = [f"{key} (checkpoint {list(state_dict[key].shape)}, model {list(own[key].shape)})"
                   for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
@@ -371,4 +362,4 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
-    module.load_state_dict(state_dict, strict=not allowed_missing)
+    module.load_state_dict(state_dict, strict=True)

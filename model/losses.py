@@ -30,6 +30,13 @@ def clamped_logit_scale(log_scale: torch.Tensor, max_value: float = 100.0,
     raise ValueError(f"logit scale clamp {mode!r} is not one of {', '.join(LOGIT_SCALE_CLAMPS)}")
 
 
+def soft_target_share(ratio: float, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> float:
+    """The share ``alpha`` of similarity-based soft targets in N-ITC/N-ISC: it ramps from 0
+    to ``ratio`` over the first epoch, then stays (TBPS-CLIP's schedule)."""
+    ramp = min(1.0, step_in_epoch / steps_per_epoch) if epoch == 0 else 1.0
+    return ratio * ramp
+
+
 def identity_targets(labels: torch.Tensor) -> torch.Tensor:
     """labels [B] -> [B, B] rows summing to 1 over the pairs of the same person."""
     same = (labels.unsqueeze(0) == labels.unsqueeze(1)).float()

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.clip import CLIP
-from model.losses import clamped_logit_scale, info_nce_loss
+from model.losses import info_nce_loss
+from model.retrieval import RetrievalModel
 from model.tokenizer import PLACEHOLDER, tokenize
 from utils.distributed import gather_with_grad
 from utils.errors import ConfigError
@@ -59,14 +60,12 @@ def join_feedback(rounds: Sequence[str]) -> str:
     return ", ".join(text.strip() for text in rounds if text.strip())
 
 
-class TokenModel(nn.Module):
-    """CLIP (text tower frozen) plus the mapping network ``img2text``."""
-
-    stage = "token"
+class TokenModel(RetrievalModel):
+    """CLIP (text tower frozen) plus the mapping network ``img2text``; it owns the composed
+    query: ``query_text`` and ``encode_query``."""
 
     def __init__(self, clip: CLIP, model_cfg, loss_cfg):
-        super().__init__()
-        self.clip = clip
+        super().__init__(clip, loss_cfg)
         self.img2text = MappingNetwork(clip.arch.embed_dim, clip.arch.text_width,
                                        model_cfg.mapping_type, model_cfg.n_layer,
                                        model_cfg.middle_dim, model_cfg.mapping_dropout)
@@ -78,23 +77,23 @@ class TokenModel(nn.Module):
                                   f"once, with spaces around it (e.g. 'a photo of * , and {{}}')")
         self.weights = {"inversion": float(loss_cfg.inversion),
                         "alignment": float(loss_cfg.alignment)}
-        self.logit_scale_max = float(loss_cfg.logit_scale_max)
         self.register_buffer("prompt_tokens", tokenize(self.sketch_prompt, clip.context_length),
                              persistent=False)  # [1, L]
         for name, parameter in self.clip.named_parameters():
             if name.startswith(TEXT_TOWER):
                 parameter.requires_grad_(False)
 
-    def logit_scale(self) -> torch.Tensor:
-        # Frozen in this stage (part of TEXT_TOWER), so only the value cap matters.
-        return clamped_logit_scale(self.clip.logit_scale, self.logit_scale_max)
+    def query_text(self, feedback: str) -> str:
+        """The composed query's text: "a photo of * , and {feedback}" (``model.prompt``), or
+        the sketch-only prompt without feedback."""
+        return compose_query(self.template, feedback, self.sketch_prompt)
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised image (photo or sketch) features [B, E]."""
-        return F.normalize(self.clip.encode_image(images), dim=-1)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+    def encode_query(self, sketch_feats: torch.Tensor, feedback: Sequence[str]) -> torch.Tensor:
+        """Normalised composed-query features [B, E] from raw sketch features [B, E]
+        (``clip.encode_image``) and one feedback text per sketch."""
+        texts = [self.query_text(text) for text in feedback]
+        tokens = tokenize(texts, self.clip.context_length).to(sketch_feats.device)
+        return self.compose(sketch_feats, tokens)
 
     def compose(self, sketch_feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Composed query features [B, E] from raw sketch features [B, E] (``clip.encode_image``)

@@ -1,5 +1,7 @@
-"""app.py: the JSON API against a live server (search, photos, health and every kind of bad
-request), the command line, and the page end to end in a headless Chromium."""
+"""app.py: the API called directly, without sockets (every answer and every refusal, with
+its status and message), the same API against a live server (and what only the HTTP layer
+does: bodies, connections, logging), the command line, and the page end to end in a
+headless Chromium."""
 from __future__ import annotations
 
 import base64
@@ -22,6 +24,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -124,7 +127,337 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-# ------------------------------------------------------------------------------- the API
+def with_sketch(payload, sketch_file):
+    """``payload`` with a stand-in for "sketch" replaced by base64 image data: SKETCH (the
+    JPEG sketch), GIF, TRUNCATED (the start of a PNG) or HUGE (a PNG of 4001x4000 pixels)."""
+    if not isinstance(payload, dict) or payload.get("sketch") not in (
+            "SKETCH", "GIF", "TRUNCATED", "HUGE"):
+        return payload
+    buffer = io.BytesIO()
+    if payload["sketch"] == "SKETCH":
+        buffer.write(sketch_file.read_bytes())
+    elif payload["sketch"] == "GIF":
+        Image.open(sketch_file).save(buffer, format="GIF")
+    elif payload["sketch"] == "TRUNCATED":
+        Image.open(sketch_file).save(buffer, format="PNG")
+        buffer = io.BytesIO(buffer.getvalue()[:200])
+    else:
+        Image.new("1", (4001, 4000)).save(buffer, format="PNG")
+    return {**payload, "sketch": b64(buffer.getvalue())}
+
+
+# --------------------------------------------------------------- the API without sockets
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def api(engine):
+    return app.SearchAPI(engine)
+
+
+def post(payload=None, body=None, headers=None, target="/api/search") -> app.Request:
+    """A POST of ``payload`` as JSON (or of the bytes ``body``) with its Content-Length."""
+    body = json.dumps(payload).encode() if body is None else body
+    return app.Request("POST", target, {**JSON, "Content-Length": str(len(body)),
+                                        **(headers or {})}, body)
+
+
+def refusal(api, request) -> tuple:
+    """(status, message, headers) of the RequestError that ``request`` gets."""
+    with pytest.raises(app.RequestError) as info:
+        api.answer(request)
+    return info.value.status, info.value.message, info.value.headers
+
+
+def json_of(answer: app.Answer):
+    assert answer.content_type == "application/json"
+    assert answer.headers["Cache-Control"] == "no-store"
+    return json.loads(answer.body)
+
+
+def test_api_search(api, engine, sketch_file, sketch_png_url):
+    feedback = ["a young woman", "wearing a red top"]
+    answer = api.answer(post({"sketch": sketch_png_url, "feedback": feedback, "topk": 5}))
+    assert answer.status == 200
+    payload = json_of(answer)
+    assert set(payload) == {"results", "query"}
+    assert payload["query"] == "a photo of * , and a young woman, wearing a red top"
+    direct = engine.search(Image.open(sketch_file), feedback, 5)
+    assert [(r["rank"], r["id"]) for r in payload["results"]] == \
+        [(rank, path) for rank, (path, _) in enumerate(direct, start=1)]
+    assert all(set(r) == {"rank", "id", "score"} for r in payload["results"])
+    assert all(math.isclose(r["score"], s, abs_tol=1e-5)
+               for r, (_, s) in zip(payload["results"], direct))
+
+
+def test_api_search_defaults_and_limits(api, engine, sketch_file):
+    raw = b64(sketch_file.read_bytes())  # a JPEG, plain base64
+    payload = json_of(api.answer(post({"sketch": raw})))
+    assert len(payload["results"]) == 10 and payload["query"] == "a photo of *"
+    payload = json_of(api.answer(post({"sketch": raw, "feedback": None, "topk": None})))
+    assert len(payload["results"]) == 10 and payload["query"] == "a photo of *"
+    # blank rounds dropped, white space folded; the largest topk; a charset is fine
+    payload = json_of(api.answer(post({"sketch": f" {raw[:40]}\n{raw[40:]} ", "topk": 100,
+                                       "feedback": ["  a \t man  ", " ", ""]},
+                                      headers={"Content-Type": "Application/JSON; "
+                                                               "charset=utf-8"})))
+    assert payload["query"] == "a photo of * , and a man"
+    assert len(payload["results"]) == min(100, len(engine.paths))
+    assert [r["rank"] for r in payload["results"]] == list(range(1, len(payload["results"]) + 1))
+    # the most that is accepted: 20 sentences of 300 characters, topk 1
+    payload = json_of(api.answer(post({"sketch": raw, "feedback": ["x" * 300] * 20, "topk": 1})))
+    assert len(payload["results"]) == 1
+    # a body of exactly MAX_BODY_BYTES is read (and then judged on its content)
+    body = b'{"sketch": 1}'.ljust(app.MAX_BODY_BYTES)
+    assert refusal(api, post(body=body))[:2] == (400, "'sketch' must be a non-empty string: a "
+                                                      "base64 PNG or JPEG image or a data URL")
+
+
+def test_api_searches_run_under_the_engine_lock(api, engine, sketch_file):
+    request = post({"sketch": b64(sketch_file.read_bytes()), "topk": 3})
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with engine.lock:
+            pending = pool.submit(api.answer, request)
+            time.sleep(0.3)
+            assert not pending.done()  # waiting for the lock
+        assert pending.result(timeout=60).status == 200
+
+
+def test_transparent_sketches_are_drawn_on_paper():
+    image = Image.new("RGBA", (4, 8), (0, 0, 0, 0))
+    image.putpixel((1, 1), (0, 0, 0, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    sketch = app.decode_sketch("data:image/png;base64," + b64(buffer.getvalue()))
+    assert sketch.mode == "RGB" and sketch.size == (4, 8)
+    assert sketch.getpixel((0, 0)) == (255, 255, 255) and sketch.getpixel((1, 1)) == (0, 0, 0)
+
+
+NON_EMPTY = "'sketch' must be a non-empty string: a base64 PNG or JPEG image or a data URL"
+UNREADABLE = "'sketch' is not a readable PNG or JPEG image"
+NOT_A_LIST = "'feedback' must be a list of strings"
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"feedback": []}, "missing field 'sketch' (a base64 PNG or JPEG image)"),
+    ({"sketch": 123}, NON_EMPTY),
+    ({"sketch": None}, NON_EMPTY),
+    ({"sketch": " \n "}, NON_EMPTY),
+    ({"sketch": "@@not base64@@"}, "'sketch' is not valid base64"),
+    ({"sketch": "data:image/png,abc"},
+     "'sketch' data URL must be base64 encoded (data:image/png;base64,...)"),
+    ({"sketch": "data:image/png;base64"},
+     "'sketch' data URL must be base64 encoded (data:image/png;base64,...)"),
+    ({"sketch": b64(b"plain text, not a picture")}, UNREADABLE),
+    ({"sketch": "TRUNCATED"}, UNREADABLE),
+    ({"sketch": "GIF"}, "'sketch' must be a PNG or JPEG image, not GIF"),
+    ({"sketch": "HUGE"}, "'sketch' is 4001x4000 pixels; at most 16,000,000 pixels are accepted"),
+    ({"sketch": "SKETCH", "topk": 0}, "'topk' must be between 1 and 100, got 0"),
+    ({"sketch": "SKETCH", "topk": 101}, "'topk' must be between 1 and 100, got 101"),
+    ({"sketch": "SKETCH", "topk": "5"}, "'topk' must be an integer"),
+    ({"sketch": "SKETCH", "topk": 5.0}, "'topk' must be an integer"),
+    ({"sketch": "SKETCH", "topk": True}, "'topk' must be an integer"),
+    ({"sketch": "SKETCH", "feedback": "a red coat"}, NOT_A_LIST),
+    ({"sketch": "SKETCH", "feedback": {"a": "red coat"}}, NOT_A_LIST),
+    ({"sketch": "SKETCH", "feedback": ["a red coat", 7]}, NOT_A_LIST),
+    ({"sketch": "SKETCH", "feedback": ["x"] * 21}, "'feedback' has 21 sentences; at most 20"),
+    ({"sketch": "SKETCH", "feedback": ["fine", "x" * 301]},
+     "feedback sentence 2 has 301 characters; at most 300"),
+    ({"sketch": "SKETCH", "feedback": ["a red\x00coat"]},
+     "feedback sentence 1 contains a NUL character"),
+    (["not", "an", "object"], "the request body must be a JSON object"),
+    ("a string", "the request body must be a JSON object"),
+])
+def test_api_refuses_bad_searches(api, sketch_file, payload, message):
+    assert refusal(api, post(with_sketch(payload, sketch_file))) == (400, message, {})
+
+
+TOO_LONG = f"the request is {6 * 1024 * 1024:,} bytes; at most 5,242,880 are accepted"
+NOT_JSON = "the request body must be JSON (Content-Type: application/json)"
+NO_LENGTH = "a Content-Length header is required (no chunked bodies)"
+
+
+@pytest.mark.parametrize("headers, body, status, message, answer_headers", [
+    ({"Content-Type": "text/plain", "Content-Length": "2"}, b"{}", 415, NOT_JSON, {}),
+    ({"Content-Length": "2"}, b"{}", 415, NOT_JSON, {}),
+    (JSON, b"", 411, NO_LENGTH, {}),
+    ({**JSON, "Transfer-Encoding": "chunked"}, b"", 411, NO_LENGTH, {}),
+    ({**JSON, "Content-Length": "2", "Transfer-Encoding": "chunked"}, b"{}", 411, NO_LENGTH,
+     {}),
+    ({**JSON, "Content-Length": "two"}, b"{}", 411, NO_LENGTH, {}),
+    ({**JSON, "Content-Length": "-2"}, b"{}", 411, NO_LENGTH, {}),
+    # a body over the limit is not read: refused from its Content-Length alone
+    ({**JSON, "Content-Length": str(6 * 1024 * 1024)}, b"", 413, TOO_LONG,
+     {"Connection": "close"}),
+    ({**JSON, "Content-Length": "100"}, b'{"sketch": "', 400, "the request body ended early",
+     {}),
+    ({**JSON, "Content-Length": "11"}, b'{"sketch": ', 400, "the request body is not valid JSON",
+     {}),
+    ({**JSON, "Content-Length": "2"}, b"\xff\xfe", 400, "the request body is not valid JSON",
+     {}),
+    ({**JSON, "Content-Length": "0"}, b"", 400, "the request body is not valid JSON", {}),
+])
+def test_api_refuses_bad_bodies(api, headers, body, status, message, answer_headers):
+    request = app.Request("POST", "/api/search", headers, body)
+    assert refusal(api, request) == (status, message, answer_headers)
+
+
+@pytest.mark.parametrize("method, headers, length", [
+    ("GET", {}, 0),
+    ("HEAD", {}, 0),
+    ("POST", {}, None),
+    ("POST", {"Content-Length": "12"}, 12),
+    ("GET", {"Content-Length": "12"}, 12),
+    ("POST", {"Content-Length": "0"}, 0),
+    ("POST", {"Content-Length": "twelve"}, None),
+    ("POST", {"Content-Length": "-1"}, None),
+    ("GET", {"Transfer-Encoding": "chunked"}, None),
+    ("POST", {"Content-Length": "12", "Transfer-Encoding": "gzip, Chunked"}, None),
+])
+def test_body_length(method, headers, length):
+    assert app.body_length(method, headers) == length
+
+
+def test_api_health_photos_and_page(api, engine, gallery):
+    health = api.answer(app.Request("GET", "/api/health"))
+    assert health.status == 200
+    assert json_of(health) == {"ok": True, "gallery": len(engine.paths)}
+    assert api.answer(app.Request("GET", "/api/health?x=1")) == health
+    assert api.answer(app.Request("HEAD", "/api/health")) == health  # the server drops the body
+
+    for photo_id, content_type in [(engine.paths[0], "image/jpeg"), ("extra.png", "image/png")]:
+        answer = api.answer(app.Request("GET", "/api/photo?id=" + quote(photo_id)))
+        assert (answer.status, answer.content_type) == (200, content_type)
+        assert answer.body == (gallery / photo_id).read_bytes()
+        assert answer.headers == {"Cache-Control": "private, max-age=300"}
+
+    for route, (name, content_type) in app.STATIC_FILES.items():
+        answer = api.answer(app.Request("GET", route))
+        assert (answer.status, answer.content_type) == (200, content_type)
+        assert answer.body == (app.WEB_DIR / name).read_bytes()
+        assert answer.headers == {"Content-Security-Policy": app.PAGE_POLICY,
+                                  "Cache-Control": "no-cache"}
+
+
+def test_api_missing_page_file(engine, tmp_path):
+    api = app.SearchAPI(engine, web_dir=tmp_path)
+    for route, (name, _) in app.STATIC_FILES.items():
+        assert refusal(api, app.Request("GET", route)) == (404, f"missing page file: web/{name}",
+                                                           {})
+
+
+NOT_INSIDE = "the photo id must be a relative path inside the gallery"
+ONE_PHOTO = "give one photo as ?id=<gallery-relative path>"
+
+
+@pytest.mark.parametrize("query, status, message", [
+    ("id=" + quote("../secret.jpg"), 403, NOT_INSIDE),
+    ("id=" + quote("cam/../extra.png"), 403, NOT_INSIDE),
+    ("id=ABSOLUTE", 403, NOT_INSIDE),
+    ("id=" + quote("cam\\PHOTO"), 403, NOT_INSIDE),
+    ("id=" + quote("cam/PHOTO\x00.txt"), 403, NOT_INSIDE),
+    ("id=" + quote("./extra.png"), 403, NOT_INSIDE),
+    ("id=" + quote("cam//PHOTO"), 403, NOT_INSIDE),
+    ("id=" + quote("C:/extra.png"), 403, NOT_INSIDE),
+    ("id=" + quote("cam/zz_escape.jpg"), 403, "the photo lies outside the gallery folder"),
+    ("id=" + quote("cam/no_such_photo.jpg"), 404,
+     "no such photo in the gallery: cam/no_such_photo.jpg"),
+    ("id=config.yaml", 404, "no such photo in the gallery: config.yaml"),
+    ("id=", 400, ONE_PHOTO),
+    ("", 400, ONE_PHOTO),
+    ("photo=extra.png", 400, ONE_PHOTO),
+    ("id=extra.png&id=extra.png", 400, ONE_PHOTO),
+])
+def test_api_refuses_photo_ids(api, engine, gallery, query, status, message):
+    name = Path(engine.paths[0]).name
+    query = query.replace("PHOTO", name).replace(
+        "ABSOLUTE", quote(str((gallery / "cam" / name).resolve())))
+    assert refusal(api, app.Request("GET", "/api/photo?" + query)) == (status, message, {})
+
+
+def test_api_photos_changed_since_indexing(tmp_path, sketch_file, monkeypatch):
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for name in ["kept.jpg", "gone.jpg", "locked.jpg"]:
+        shutil.copy(sketch_file, folder / name)
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / "notes.jpg").symlink_to(folder / "notes.txt")  # inside, but not a photo
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    indexed = SimpleNamespace(gallery=folder, paths=["kept.jpg", "gone.jpg", "locked.jpg",
+                                                     "notes.jpg", "loop.jpg"])
+    api = app.SearchAPI(indexed)
+    (folder / "gone.jpg").unlink()
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if Path(path).name == "locked.jpg":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(app.os, "open", refusing_open)
+    photo = api.answer(app.Request("GET", "/api/photo?id=kept.jpg"))
+    assert (photo.status, photo.body) == (200, sketch_file.read_bytes())
+    for photo_id, status, message in [
+            ("gone.jpg", 404, "photo no longer there: gone.jpg"),
+            ("loop.jpg", 404, "photo no longer there: loop.jpg"),
+            ("notes.jpg", 403, "not a photo file"),
+            ("locked.jpg", 404, "photo not readable: locked.jpg")]:
+        request = app.Request("GET", "/api/photo?id=" + photo_id)
+        assert refusal(api, request) == (status, message, {}), photo_id
+
+
+@pytest.mark.parametrize("method, target, status, message, allow", [
+    ("DELETE", "/", 405, "method DELETE is not allowed", "GET, HEAD, POST"),
+    ("PUT", "/api/search", 405, "method PUT is not allowed", "GET, HEAD, POST"),
+    ("OPTIONS", "/nothing", 405, "method OPTIONS is not allowed", "GET, HEAD, POST"),
+    ("GET", "/nothing/here", 404, "no such route: /nothing/here", None),
+    ("HEAD", "/api/nothing", 404, "no such route: /api/nothing", None),
+    ("GET", "/web/app.js", 404, "no such route: /web/app.js", None),
+    ("POST", "/nothing", 404, "no such route: POST /nothing", None),
+    ("POST", "/api/health", 405, "/api/health takes GET", "GET, HEAD"),
+    ("POST", "/api/photo?id=extra.png", 405, "/api/photo takes GET", "GET, HEAD"),
+    ("POST", "/", 405, "/ takes GET", "GET, HEAD"),
+    ("POST", "/app.js", 405, "/app.js takes GET", "GET, HEAD"),
+    ("GET", "/api/search", 405, "/api/search takes POST", "POST"),
+    ("HEAD", "/api/search?sketch=x", 405, "/api/search takes POST", "POST"),
+])
+def test_api_refuses_unknown_routes_and_methods(api, method, target, status, message, allow):
+    headers = {"Allow": allow} if allow else {}
+    assert refusal(api, app.Request(method, target, JSON)) == (status, message, headers)
+
+
+FOREIGN_HOST = "this server answers only requests addressed to 127.0.0.1 or localhost"
+
+
+@pytest.mark.parametrize("host, loopback", [
+    (None, True), ("", True), ("127.0.0.1:8000", True), ("localhost", True),
+    ("LocalHost:80", True), ("[::1]:8000", True), ("[::1]", True), ("127.8.9.1", True),
+    ("attacker.example", False), ("attacker.example:8000", False),
+    ("localhost.attacker.example", False), ("192.168.1.5:8000", False),
+    ("[2001:db8::1]:8000", False),
+])
+def test_api_answers_only_loopback_hosts(engine, host, loopback):
+    """A server on a loopback address refuses other Host names (DNS rebinding)."""
+    request = app.Request("GET", "/api/health", {} if host is None else {"Host": host})
+    guarded, open_to_all = app.SearchAPI(engine), app.SearchAPI(engine, loopback_only=False)
+    assert open_to_all.answer(request).status == 200
+    if loopback:
+        assert guarded.answer(request).status == 200
+    else:
+        assert refusal(guarded, request) == (403, FOREIGN_HOST, {})
+        # before the route is looked at, after the method
+        assert refusal(guarded, app.Request("GET", "/nothing", {"Host": host}))[0] == 403
+        assert refusal(guarded, app.Request("PUT", "/", {"Host": host}))[0] == 405
+
+
+def test_error_answers_are_json():
+    error = app.RequestError(405, "/api/search takes POST", {"Allow": "POST"})
+    assert app.error_answer(error) == app.Answer(
+        405, b'{"error": "/api/search takes POST"}', "application/json",
+        {"Allow": "POST", "Cache-Control": "no-store"})
+
+
+# ------------------------------------------------------------------------ the API over HTTP
 def test_search_ranks_the_gallery(server, engine, sketch_file, sketch_png_url):
     feedback = ["a young woman", "wearing a red top"]
     status, answer = search(server, {"sketch": sketch_png_url, "feedback": feedback, "topk": 5})
@@ -193,17 +526,7 @@ def test_photo_health_and_page(server, engine, gallery):
     (["not", "an", "object"], "must be a JSON object"),
 ])
 def test_bad_search_requests(server, sketch_file, payload, expected):
-    good = b64(sketch_file.read_bytes())
-    if isinstance(payload, dict) and isinstance(payload.get("sketch"), str):
-        buffer = io.BytesIO()
-        if payload["sketch"] == "GIF":
-            Image.open(sketch_file).save(buffer, format="GIF")
-            payload["sketch"] = b64(buffer.getvalue())
-        elif payload["sketch"] == "TRUNCATED":
-            Image.open(sketch_file).save(buffer, format="PNG")
-            payload["sketch"] = b64(buffer.getvalue()[:200])
-        elif payload["sketch"] == "SKETCH":
-            payload["sketch"] = good
+    payload = with_sketch(payload, sketch_file)
     message = assert_json_error(*call(server, "/api/search", payload), 400)
     assert expected in message
 
@@ -230,8 +553,33 @@ def test_malformed_and_oversized_bodies(server):
     started = time.monotonic()
     response = connection.getresponse()
     assert response.status == 413 and time.monotonic() - started < 5
+    assert response.will_close  # what the client may still send is not read as a request
     assert "error" in json.loads(response.read())
     connection.close()
+
+
+def test_head_answers_without_a_body(server, engine):
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    for route in ["/api/health", "/", "/api/photo?id=" + quote(engine.paths[0])]:
+        connection.request("GET", route)
+        response = connection.getresponse()
+        body = response.read()
+        connection.request("HEAD", route)
+        head = connection.getresponse()
+        assert head.status == response.status == 200 and head.read() == b""
+        assert head.headers["Content-Length"] == str(len(body)) != "0"
+        assert head.headers["Content-Type"] == response.headers["Content-Type"]
+        assert not head.will_close
+    connection.close()
+
+
+def test_the_host_check_follows_the_bound_address(engine):
+    for host, loopback_only in [("127.0.0.1", True), ("0.0.0.0", False)]:
+        httpd = app.make_server(engine, host, 0)
+        try:
+            assert httpd.api.loopback_only is loopback_only and httpd.api.engine is engine
+        finally:
+            httpd.server_close()
 
 
 @pytest.mark.parametrize("photo_id, status", [

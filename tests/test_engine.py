@@ -7,7 +7,8 @@ import torch
 from easydict import EasyDict
 
 from datasets.sampler import EpochSampler, sample_seed
-from engine.trainer import amp_dtype, build_optimizer
+from engine.trainer import build_optimizer
+from utils.precision import training_dtype
 from utils.schedule import learning_rate
 
 
@@ -68,8 +69,8 @@ def test_sampler_shares_each_global_batch_between_processes():
 
 
 def test_cpu_trains_in_fp32():
-    assert amp_dtype(torch.device("cpu"),
-                     EasyDict(train={"amp": True, "amp_dtype": "float16"})) is None
+    assert training_dtype(torch.device("cpu"),
+                          EasyDict(train={"amp": True, "amp_dtype": "float16"})) is None
 
 
 def test_to_cpu_keeps_the_structure():
@@ -78,3 +79,17 @@ def test_to_cpu_keeps_the_structure():
     moved = to_cpu(state)
     assert moved["c"] == "x" and moved["b"][1][1] == 3 and isinstance(moved["b"][1], tuple)
     assert torch.equal(moved["a"], state["a"]) and moved["a"].device.type == "cpu"
+
+
+def test_one_precision_policy():
+    """Training and inference read the same dtype key; the CPU is always float32; a bad
+    name is refused."""
+    import pytest
+
+    from utils.errors import ConfigError
+    from utils.precision import autocast_dtype, inference_dtype
+    cfg = EasyDict(train={"amp": True, "amp_dtype": "bfloat16"}, test={"amp": True})
+    assert inference_dtype(torch.device("cpu"), cfg) is None
+    assert autocast_dtype(torch.device("cpu"), True, "float16") is None
+    with pytest.raises(ConfigError, match="train.amp_dtype='half' is not one of"):
+        autocast_dtype(torch.device("cpu"), True, "half")

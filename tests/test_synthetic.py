@@ -5,6 +5,7 @@ import filecmp
 import hashlib
 import json
 import os
+import pickle
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -216,6 +217,24 @@ def test_save_picks_the_format_from_the_suffix(tmp_path):
         assert _format(tmp_path / f"x{suffix}") == fmt
     with pytest.raises(ValueError, match=r"\.gif"):
         S._save(img, str(tmp_path / "x.gif"))
+
+
+def test_plans_are_named_jobs(tmp_path):
+    """Every image to render is a named record that survives the trip to a worker process."""
+    kinds = {"cuhk-pedes": {S.TracedJob}, "mask1k": {S.PhotoJob, S.DrawnJob},
+             "pku-sketch": {S.PhotoJob, S.DrawnJob}}
+    for name, want in kinds.items():
+        plan = S.plan_dataset(name, seed=0, scale=0.1, root=str(tmp_path))
+        assert {type(job) for job in plan.jobs} == want
+        photos = sum(isinstance(job, (S.PhotoJob, S.TracedJob)) for job in plan.jobs)
+        sketches = sum(isinstance(job, (S.TracedJob, S.DrawnJob)) for job in plan.jobs)
+        assert (photos, sketches) == (plan.photos, plan.sketches)
+        for job in plan.jobs:
+            assert job.seed_key[:2] == (0, S._CODES[name])
+            assert all(path.startswith(str(tmp_path)) for path in job.paths)
+            if isinstance(job, S.DrawnJob):
+                assert job.style in S.STYLES
+        assert pickle.loads(pickle.dumps(plan.jobs)) == plan.jobs
 
 
 def test_market_layout(generated):

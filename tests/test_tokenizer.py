@@ -5,8 +5,6 @@ Parity tests compare against the tokenizer of the `openai-clip` package. Its
 the ``clip`` package runs ``clip/clip.py``, which needs ``pkg_resources``.
 """
 
-import importlib.util
-import os
 import random
 
 import pytest
@@ -21,36 +19,17 @@ from model.tokenizer import (
     placeholder_token_id,
     tokenize,
 )
+from tests.peers import load_peer_file
 
 
 # --------------------------------------------------------------------------
 # Reference tokenizer
 # --------------------------------------------------------------------------
 
-def _peer_tokenizer_file():
-    """Path of openai-clip's simple_tokenizer.py, or None if not installed."""
-    try:
-        spec = importlib.util.find_spec("clip")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        path = os.path.join(folder, "simple_tokenizer.py")
-        if os.path.isfile(path):
-            return path
-    return None
-
-
 @pytest.fixture(scope="module")
 def peer():
-    path = _peer_tokenizer_file()
-    if path is None:
-        pytest.skip("openai-clip is not installed: no reference tokenizer to compare with")
-    spec = importlib.util.spec_from_file_location("_peer_clip_simple_tokenizer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SimpleTokenizer()
+    """openai-clip's SimpleTokenizer (skipped, or failed under CI, when it is missing)."""
+    return load_peer_file("clip", "simple_tokenizer.py").SimpleTokenizer()
 
 
 @pytest.fixture(scope="module")

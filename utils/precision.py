@@ -27,3 +27,14 @@ def autocast(device: torch.device, dtype):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def training_dtype(device: torch.device, cfg):
+    """Autocast dtype of training (``train.amp``, ``train.amp_dtype``)."""
+    return autocast_dtype(device, cfg.train.amp, cfg.train.amp_dtype)
+
+
+def inference_dtype(device: torch.device, cfg):
+    """Autocast dtype of evaluation and search (``test.amp``, ``train.amp_dtype``; off:
+    float32, as the paper's code evaluates)."""
+    return autocast_dtype(device, cfg.test.amp, cfg.train.amp_dtype)

@@ -1,0 +1,359 @@
+"""Per-dataset plans: who is in each split, file names, annotation files and image jobs.
+
+Planning writes nothing: :func:`plan_dataset` returns a :class:`Plan` whose jobs
+say which image to render where, from which random stream, and whose texts and
+mats hold the annotation files, for :mod:`.writer` to write.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+from .captions import _CAPTIONERS, _CAPTIONS_PER_PHOTO, caption_bt, caption_cuhk
+from .drawing import STYLES
+from .persons import _CODES, DATASETS, MARKET_FIELDS, Person, _pick, _rng, make_groups
+
+FOLDERS = {
+    "cuhk-pedes": "CUHK-PEDES",
+    "icfg-pedes": "ICFG-PEDES",
+    "rstpreid": "RSTPReid",
+    "mask1k": "Market-Sketch-1K",
+    "pku-sketch": "PKU-Sketch",
+}
+# people at scale 1, and the fewest that still give every split a whole group
+_BASE_PEOPLE = {"cuhk-pedes": 140, "icfg-pedes": 130, "rstpreid": 110,
+                "mask1k": 120, "pku-sketch": 200}
+_MIN_PEOPLE = {"cuhk-pedes": 10, "icfg-pedes": 10, "rstpreid": 10,
+               "mask1k": 8, "pku-sketch": 8}
+
+
+def _n_people(dataset: str, scale: float) -> int:
+    return max(_MIN_PEOPLE[dataset], int(round(_BASE_PEOPLE[dataset] * float(scale))))
+
+
+def _take_groups(rng, groups: List[list], target: int) -> Tuple[List[list], List[list]]:
+    """Pick whole groups (in random order) until about ``target`` people are taken."""
+    order = [groups[int(i)] for i in rng.permutation(len(groups))]
+    taken, rest, count = [], [], 0
+    for g in order:
+        if count < target and (count + len(g) <= target + 1 or not taken):
+            taken.append(g)
+            count += len(g)
+        else:
+            rest.append(g)
+    return taken, rest
+
+
+# Image jobs.  ``seed_key`` keys the image's own random stream, ``_rng(*seed_key)``:
+# (seed, dataset code, 10 for a photo and its traced sketch | 12 for a drawn sketch,
+# pid, photo number | style index), so an image does not depend on which process
+# renders it.  Paths are the files to write, under the ``root`` given to plan_dataset.
+
+@dataclass(frozen=True)
+class PhotoJob:
+    """A photo of ``person`` written to ``photo``."""
+
+    seed_key: Tuple[int, ...]
+    person: Person
+    photo: str
+
+    @property
+    def paths(self) -> Tuple[str, ...]:
+        return (self.photo,)
+
+
+@dataclass(frozen=True)
+class TracedJob:
+    """A photo of ``person`` and the sketch traced from its figure (same pose)."""
+
+    seed_key: Tuple[int, ...]
+    person: Person
+    photo: str
+    sketch: str
+
+    @property
+    def paths(self) -> Tuple[str, ...]:
+        return (self.photo, self.sketch)
+
+
+@dataclass(frozen=True)
+class DrawnJob:
+    """A sketch of ``person`` drawn anew in ``style`` (one of ``STYLES``)."""
+
+    seed_key: Tuple[int, ...]
+    person: Person
+    sketch: str
+    style: str
+
+    @property
+    def paths(self) -> Tuple[str, ...]:
+        return (self.sketch,)
+
+
+Job = Union[PhotoJob, TracedJob, DrawnJob]
+
+
+@dataclass
+class Plan:
+    """Who is in dataset ``name`` and every file to write for it."""
+
+    name: str
+    people: List[Person]
+    jobs: List[Job] = field(default_factory=list)
+    texts: Dict[str, object] = field(default_factory=dict)   # relative path -> JSON, text or bytes
+    mats: Dict[str, dict] = field(default_factory=dict)      # relative path -> savemat dict
+    styles: Dict[int, List[str]] = field(default_factory=dict)  # person -> styles drawn (STYLES)
+    photos: int = 0
+    sketches: int = 0
+
+
+def _assign(groups, split, ids) -> List[Person]:
+    people = []
+    members = [m for g in groups for m in g]
+    for m, pid in zip(members, ids):
+        people.append(Person(pid=int(pid), split=split, **m))
+    return people
+
+
+# CUHK-PEDES gathered its photos from five re-id sets and keeps each one's folder and file
+# names; four of those forms are imitated here.
+CUHK_SOURCES = ("CUHK01", "VIPeR", "CUHK-SYSU", "Market")
+VIPER_ANGLES = (0, 45, 90, 135, 180)
+SKETCH_FOLDER = {"cuhk-pedes": "imgs-sketch2", "icfg-pedes": "imgs-sketch", "rstpreid": "imgs-sketch"}
+
+
+def _cuhk_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+    """The two photo paths (under ``imgs/``) of every person, in the folder of its source.
+
+    Sources go round a shuffled list of the people, so every source occurs.
+    """
+    rng = _rng(seed, code, 13)
+    order = rng.permutation(len(people))
+    source = {people[int(j)].pid: CUHK_SOURCES[r % len(CUHK_SOURCES)] for r, j in enumerate(order)}
+    # CUHK-SYSU query crops are named after their scene image: one scene number per photo
+    scenes = iter(1 + rng.choice(max(20000, 4 * len(people)), size=2 * len(people), replace=False))
+    paths = {}
+    for p in people:
+        prng = _rng(seed, code, 14, p.pid)
+        src = source[p.pid]
+        if src == "CUHK01":
+            paths[p.pid] = [f"CUHK01/{p.pid:04d}{k:03d}.png" for k in (1, 2)]
+        elif src == "VIPeR":
+            a, b = (int(x) for x in prng.choice(VIPER_ANGLES, size=2))
+            paths[p.pid] = [f"cam_a/{p.pid:03d}_{a}.bmp", f"cam_b/{p.pid:03d}_{b}.bmp"]
+        elif src == "CUHK-SYSU":
+            folder = "train_query" if p.split == "train" else "test_query"
+            paths[p.pid] = [f"{folder}/p{p.pid}_s{int(next(scenes))}.jpg" for _ in (1, 2)]
+        else:
+            frames = prng.integers(1, 160000, size=2)
+            paths[p.pid] = [f"Market/{p.pid:04d}_c{k}s1_{int(f):06d}_01.jpg"
+                            for k, f in zip((1, 2), frames)]
+    return paths
+
+
+def _icfg_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+    """MSMT17 names: ``<train|test>/<pid>/<pid>_<k>_<cam>_0302morning_<frame>_0.jpg``."""
+    paths = {}
+    for p in people:
+        prng = _rng(seed, code, 14, p.pid)
+        cams = prng.choice(np.arange(1, 16), size=2, replace=False)
+        frames = prng.integers(1, 10000, size=2)
+        folder = "train" if p.split == "train" else "test"
+        paths[p.pid] = [f"{folder}/{p.pid:04d}/{p.pid:04d}_{k:03d}_{int(c):02d}_0302morning_{int(f):04d}_0.jpg"
+                        for k, c, f in zip((1, 2), cams, frames)]
+    return paths
+
+
+def _rstp_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+    """RSTPReid names, all in one folder: ``<pid>_c<cam>_<frame>.jpg``."""
+    paths = {}
+    for p in people:
+        prng = _rng(seed, code, 14, p.pid)
+        cams = prng.choice(np.arange(1, 16), size=2, replace=False)
+        frames = prng.integers(1, 10000, size=2)
+        paths[p.pid] = [f"{p.pid:04d}_c{int(c)}_{int(f):04d}.jpg" for c, f in zip(cams, frames)]
+    return paths
+
+
+_PHOTO_PATHS = {"cuhk-pedes": _cuhk_photo_paths, "icfg-pedes": _icfg_photo_paths,
+                "rstpreid": _rstp_photo_paths}
+
+
+def _sketch_path(photo_rel: str) -> str:
+    """Where the traced sketch of a photo goes: same path, but BMP photos get JPEG sketches."""
+    stem, suffix = os.path.splitext(photo_rel)
+    return stem + ".jpg" if suffix == ".bmp" else photo_rel
+
+
+def _plan_pedes(name: str, seed: int, scale: float, root: str) -> Plan:
+    code = _CODES[name]
+    n = _n_people(name, scale)
+    groups = make_groups(seed, name, n)
+    rng = _rng(seed, code, 2)
+    n_test = max(2, int(round(0.2 * n)))
+    n_val = max(2, int(round(0.1 * n)))
+    test, rest = _take_groups(rng, groups, n_test)
+    val, train = _take_groups(rng, rest, n_val)
+    people, next_id = [], 1
+    for split, gs in (("train", train), ("val", val), ("test", test)):
+        count = sum(len(g) for g in gs)
+        ids = next_id + rng.permutation(count)
+        people += _assign(gs, split, ids)
+        next_id += count
+    people.sort(key=lambda q: q.pid)
+    plan = Plan(name, people)
+    caption = _CAPTIONERS[name]
+    paths = _PHOTO_PATHS[name](seed, code, people)
+    sketches = os.path.join(root, SKETCH_FOLDER[name])
+    entries = []
+    for p in people:
+        for k, rel in zip((1, 2), paths[p.pid]):
+            plan.jobs.append(TracedJob((seed, code, 10, p.pid, k), p, os.path.join(root, "imgs", rel),
+                                       os.path.join(sketches, _sketch_path(rel))))
+            crng = _rng(seed, code, 11, p.pid, k)
+            n_cap = _pick(crng, _CAPTIONS_PER_PHOTO[name])
+            caps = []
+            while len(caps) < n_cap:
+                c = caption(p, crng)
+                if c not in caps:
+                    caps.append(c)
+            if name == "rstpreid":      # the dataset's own annotation file
+                entries.append({"id": p.pid, "img_path": rel, "captions": caps, "split": p.split})
+                continue
+            entry = {"id": p.pid, "file_path": rel, "captions": caps, "split": p.split}
+            if p.split == "train" and crng.random() < 0.5:
+                bts = []
+                while len(bts) < len(caps):
+                    c = caption_bt(p, crng)
+                    if c not in bts and c not in caps:
+                        bts.append(c)
+                entry["captions_bt"] = bts
+            entries.append(entry)
+    if name == "rstpreid":
+        plan.texts["data_captions.json"] = entries
+    else:                               # TBPS-CLIP's split files
+        for split in ("train", "val", "test"):
+            plan.texts[f"{split}_reid.json"] = [e for e in entries if e["split"] == split]
+    plan.photos = plan.sketches = 2 * len(people)
+    return plan
+
+
+# Market-Sketch-1K names a sketch <pid>.jpg in some style folders and <pid>_<style>.jpg in others
+_MARKET_BARE_NAMES = ("A", "C", "E")
+
+
+def market_sketch_name(pid: int, style: str) -> str:
+    """File name of person ``pid``'s sketch in style folder ``style`` of Market-Sketch-1K."""
+    return f"{pid:04d}.jpg" if style in _MARKET_BARE_NAMES else f"{pid:04d}_{style}.jpg"
+
+
+def _plan_market(seed: int, scale: float, root: str) -> Plan:
+    name = "mask1k"
+    code = _CODES[name]
+    n = _n_people(name, scale)
+    groups = make_groups(seed, name, n)
+    rng = _rng(seed, code, 2)
+    query, train = _take_groups(rng, groups, n // 2)
+    n_train, n_query = sum(map(len, train)), sum(map(len, query))
+    ids = rng.choice(np.arange(1, 1502), size=n_train + n_query, replace=False)
+    people = _assign(train, "train", ids[:n_train]) + _assign(query, "query", ids[n_train:])
+    people.sort(key=lambda q: (q.split != "train", q.pid))
+    plan = Plan(name, people)
+    for p in people:
+        prng = _rng(seed, code, 3, p.pid)
+        n_photos = int(prng.integers(2, 5))
+        cams = sorted(int(c) for c in prng.choice(np.arange(1, 7), size=n_photos, replace=False))
+        for k, cam in enumerate(cams):
+            frame = int(prng.integers(1, 160000))
+            fname = f"{p.pid:04d}_c{cam}s{int(prng.integers(1, 7))}_{frame:06d}_00.jpg"
+            plan.jobs.append(PhotoJob((seed, code, 10, p.pid, k), p,
+                                      os.path.join(root, "photo", p.split, fname)))
+            plan.photos += 1
+        n_styles = int(prng.integers(2, 7))
+        chosen = sorted(prng.choice(len(STYLES), size=n_styles, replace=False).tolist())
+        plan.styles[p.pid] = [STYLES[si] for si in chosen]
+        for si in chosen:
+            st = STYLES[si]
+            plan.jobs.append(DrawnJob((seed, code, 12, p.pid, si), p,
+                                      os.path.join(root, "sketch", st, p.split, market_sketch_name(p.pid, st)),
+                                      st))
+            plan.sketches += 1
+    plan.mats["market_attribute.mat"] = market_attribute_struct(people)
+    return plan
+
+
+def market_attribute_struct(people: Sequence[Person]) -> dict:
+    """``{"market_attribute": {"train": ..., "test": ...}}`` ready for ``savemat``."""
+    out = {}
+    for key, split in (("train", "train"), ("test", "query")):
+        group = [p for p in people if p.split == split]
+        attrs = [p.market_attributes() for p in group]
+        sub = {f: np.array([[a[f] for a in attrs]], dtype=np.float64).reshape(1, -1)
+               for f in MARKET_FIELDS}
+        index = np.empty((1, len(group)), dtype=object)
+        for i, p in enumerate(group):
+            index[0, i] = f"{p.pid:04d}"
+        sub["image_index"] = index
+        out[key] = sub
+    return {"market_attribute": out}
+
+
+# PKU-Sketch's five painting styles a..e are drawn as the generator's styles A..E
+PKU_STYLES = STYLES[:5]
+PKU_CAMERA_PAIRS = ((3, 5), (4, 6), (5, 7))
+
+
+def _plan_pku(seed: int, scale: float, root: str) -> Plan:
+    name = "pku-sketch"
+    code = _CODES[name]
+    n = _n_people(name, scale)
+    groups = make_groups(seed, name, n)
+    rng = _rng(seed, code, 2)
+    members = [m for g in groups for m in g]
+    ids = 1 + rng.permutation(len(members))
+    people = sorted((Person(pid=int(i), split="all", **m) for m, i in zip(members, ids)),
+                    key=lambda q: q.pid)
+    plan = Plan(name, people)
+    # styles go round a shuffled list of the people, so each style has about n / 5 of them
+    order = _rng(seed, code, 4).permutation(len(people))
+    style_of = {people[int(j)].pid: r % len(PKU_STYLES) for r, j in enumerate(order)}
+    lines = []
+    for p in people:
+        prng = _rng(seed, code, 3, p.pid)
+        cams = PKU_CAMERA_PAIRS[int(prng.integers(len(PKU_CAMERA_PAIRS)))]
+        frames = prng.integers(1, 30001, size=2)
+        for k, cam, frame in zip((1, 2), cams, frames):
+            fname = f"{p.pid}_{cam:02d}_{int(frame)}.jpg"
+            plan.jobs.append(PhotoJob((seed, code, 10, p.pid, k), p, os.path.join(root, "photo", fname)))
+            crng = _rng(seed, code, 11, p.pid, k)
+            lines.append(f"{p.pid}/{fname}@{caption_cuhk(p, crng)}")
+        si = style_of[p.pid]
+        plan.styles[p.pid] = [STYLES[si]]
+        plan.jobs.append(DrawnJob((seed, code, 12, p.pid, si), p,
+                                  os.path.join(root, "sketch", f"{p.pid}.jpg"), STYLES[si]))
+    plan.photos, plan.sketches = 2 * len(people), len(people)
+    # the released file starts with a UTF-8 byte-order mark and ends its lines with CRLF
+    plan.texts["TriReID.txt"] = ("\ufeff" + "".join(line + "\r\n" for line in lines)).encode("utf-8")
+    for si, style in enumerate(PKU_STYLES):
+        pids = [p.pid for p in people if style_of[p.pid] == si]
+        plan.texts[f"styleAnnotation/{style.lower()}_{len(pids)}.txt"] = "".join(f"{i}\n" for i in pids)
+    return plan
+
+
+def plan_dataset(name: str, seed: int = 0, scale: float = 1.0, root: str = "") -> Plan:
+    """Who is in dataset ``name`` and which files to write (nothing is written)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name == "mask1k":
+        return _plan_market(seed, scale, root)
+    if name == "pku-sketch":
+        return _plan_pku(seed, scale, root)
+    return _plan_pedes(name, seed, scale, root)
+
+
+def people(name: str, seed: int = 0, scale: float = 1.0) -> List[Person]:
+    """The people of dataset ``name`` as :func:`generate` draws them."""
+    return plan_dataset(name, seed, scale).people
