@@ -33,17 +33,17 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
-from typing import Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
-from utils.errors import UserError, exit_on_user_error
 from engine.gallery import SearchEngine, add_engine_arguments
+from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logging
 
 log = logging.getLogger("app")
@@ -412,7 +412,7 @@ class AppHandler(BaseHTTPRequestHandler):
             self._send(answer)
             if unread:
                 self._drain(unread)
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away; nothing to answer
         except Exception:  # a bug: logged here with its traceback, never sent to the client
             log.exception("error while answering %s %s", self.command, self.path)

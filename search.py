@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 from datasets.base import read_image
-from utils.errors import exit_on_user_error
 from engine.gallery import SearchEngine, add_engine_arguments
-from utils.logger import setup_logging
 from engine.visualize import rank_sheet
+from utils.errors import exit_on_user_error
+from utils.logger import setup_logging
 
 
 def print_ranking(engine: SearchEngine, ranking: list, feedback: list) -> None:

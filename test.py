@@ -18,14 +18,14 @@ import logging
 import statistics
 from pathlib import Path
 
+from engine.evaluation import METRICS, format_table, results_rows
+from engine.stages import stage_for
+from engine.visualize import line_plot, rank_sheet
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config, to_plain
 from utils.distributed import resolve_device
 from utils.errors import UserError, exit_on_user_error
-from engine.evaluation import METRICS, format_table, results_rows
 from utils.logger import setup_logging
-from engine.stages import stage_for
-from engine.visualize import line_plot, rank_sheet
 
 log = logging.getLogger("test")
 
@@ -106,12 +106,14 @@ def main(argv=None) -> dict:
     given = any(item.startswith("output_dir=") for item in args.overrides)
     output_dir = Path(runs[0][2].output_dir) if given else (path if path.is_dir() else path.parent)
     output_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{results['dataset']} test" + (f" (mean of {len(runs)} trials)" if len(runs) > 1 else "")
+    title = f"{results['dataset']} test"
+    if len(runs) > 1:
+        title += f" (mean of {len(runs)} trials)"
     print(format_table(results_rows(results), title))
-    with open(output_dir / "results.json", "w", encoding="utf-8") as handle:
+    with (output_dir / "results.json").open("w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     print(f"results written to {output_dir / 'results.json'}")
-    with open(output_dir / "queries.json", "w", encoding="utf-8") as handle:
+    with (output_dir / "queries.json").open("w", encoding="utf-8") as handle:
         json.dump(queries, handle, indent=1)
     print(f"query texts written to {output_dir / 'queries.json'}")
     write_pictures(results, examples, output_dir)

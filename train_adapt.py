@@ -3,15 +3,16 @@ sketches and texts share one space.
 
     python train_adapt.py --config config/TriPEDES_pretrain.yaml [KEY=VALUE ...]
     torchrun --nproc_per_node=4 train_adapt.py --config config/TriPEDES_pretrain.yaml
-    python train_adapt.py --config config/TriPEDES_pretrain.yaml output_dir=outputs/x train.resume=true
+    python train_adapt.py --config config/TriPEDES_pretrain.yaml \
+        output_dir=outputs/x train.resume=true
 """
 from __future__ import annotations
 
+from engine.stages import AdaptStage
+from engine.trainer import Trainer
 from utils import distributed
 from utils.config import config_from_command_line
-from engine.trainer import Trainer
 from utils.errors import exit_on_user_error
-from engine.stages import AdaptStage
 
 
 @exit_on_user_error

@@ -13,11 +13,11 @@ import copy
 import logging
 from pathlib import Path
 
+from engine.stages import TokenStage
+from engine.trainer import Trainer
 from utils import distributed
 from utils.config import config_from_command_line
-from engine.trainer import Trainer
 from utils.errors import exit_on_user_error
-from engine.stages import TokenStage
 
 TRIAL_DATASETS = ("pku-sketch",)
 

@@ -91,7 +91,7 @@ def emit(record: dict, jsonl: str | None = None) -> dict:
     if jsonl:
         path = Path(jsonl)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
+        with path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
     return record
 

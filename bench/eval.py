@@ -15,9 +15,9 @@ With ``--encoders`` the line also holds the throughput of the two CLIP towers at
 batch ``--encoder-batch`` (64): ``encode_image_per_s`` (images/s at ``--image-size``)
 and ``encode_text_per_s`` (texts/s, captions tokenised beforehand), each the median
 of ``--encoder-repeats`` timed calls after one warm-up, without gradients, in
-``--encoder-precision`` (bfloat16 autocast by default on CUDA; always float32 on the CPU).  The CLIP is ``--clip FILE`` (e.g. one
-made by ``python -m model.random_clip --preset vit-b-16``), or a random ViT-B/16
-built in memory when no file is given::
+``--encoder-precision`` (bfloat16 autocast by default on CUDA; always float32 on the
+CPU).  The CLIP is ``--clip FILE`` (e.g. one made by ``python -m model.random_clip
+--preset vit-b-16``), or a random ViT-B/16 built in memory when no file is given::
 
     python -m bench.eval --queries 2000 --gallery 10000 --encoders
     python -m bench.eval --queries 2000 --gallery 10000 --encoders \
@@ -29,12 +29,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import resource
 import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,8 +67,7 @@ def _load_reference():
     spec = importlib.util.find_spec("fastreid")
     if spec is None or not spec.submodule_search_locations:
         sys.exit("--reference needs fastreid installed (pip install fastreid --no-deps)")
-    path = os.path.join(list(spec.submodule_search_locations)[0],
-                        "evaluation", "rank.py")
+    path = Path(list(spec.submodule_search_locations)[0], "evaluation", "rank.py")
     rank_spec = importlib.util.spec_from_file_location("_fastreid_rank", path)
     module = importlib.util.module_from_spec(rank_spec)
     with warnings.catch_warnings():
@@ -224,7 +223,7 @@ def main(argv=None) -> dict:
 
     print(json.dumps(out))
     if args.jsonl:
-        with open(args.jsonl, "a", encoding="utf-8") as handle:
+        with Path(args.jsonl).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(out) + "\n")
     if args.reference and not out["agree"]:
         sys.exit(1)

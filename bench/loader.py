@@ -25,10 +25,10 @@ import torch
 
 from bench.common import emit
 from datasets.sampler import EpochSampler
+from engine.stages import STAGES
 from engine.trainer import build_train_loader
 from utils.config import flatten, load_config, parse_overrides
 from utils.errors import UserError
-from engine.stages import STAGES
 
 DEFAULT_CONFIGS = {"adapt": "config/TriPEDES_pretrain.yaml", "token": "config/Market_finetune.yaml"}
 
@@ -37,7 +37,8 @@ def worker_counts(text: str) -> list:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--workers takes counts like 0,1,2, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--workers takes counts like 0,1,2, not {text!r}") from None
     if not counts or any(count < 0 for count in counts):
         raise argparse.ArgumentTypeError(f"--workers takes counts like 0,1,2, not {text!r}")
     return counts

@@ -68,14 +68,23 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (CAPTIONS, emit, finite_round, peak_flops, peak_memory_mb,
-                          summarize_ms, timed_ms, train_step_flops, use_explicit_attention)
+from bench.common import (
+    CAPTIONS,
+    emit,
+    finite_round,
+    peak_flops,
+    peak_memory_mb,
+    summarize_ms,
+    timed_ms,
+    train_step_flops,
+    use_explicit_attention,
+)
+from engine.stages import STAGES
+from engine.trainer import accumulated_step, build_optimizer, seed_everything, train_step
 from model.tokenizer import tokenize
 from utils.config import flatten, load_config, parse_overrides
 from utils.distributed import resolve_device
 from utils.precision import training_dtype
-from engine.trainer import accumulated_step, build_optimizer, seed_everything, train_step
-from engine.stages import STAGES
 
 DEFAULT_CONFIGS = {"adapt": "config/TriPEDES_pretrain.yaml", "token": "config/Market_finetune.yaml"}
 

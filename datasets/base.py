@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -212,7 +212,8 @@ def drop_bad_images_from_eval_set(eval_set: EvalSet) -> tuple:
         return eval_set, bad
     keep_g = [i for i, p in enumerate(eval_set.gallery_paths) if p not in bad]
     keep_q = [i for i, p in enumerate(eval_set.sketch_paths) if p not in bad]
-    pick = (lambda values, rows: None if values is None else [values[i] for i in rows])
+    def pick(values, rows):
+        return (None if values is None else [values[i] for i in rows])
     return dataclasses.replace(
         eval_set, gallery_paths=pick(eval_set.gallery_paths, keep_g),
         gallery_ids=pick(eval_set.gallery_ids, keep_g),

@@ -44,7 +44,7 @@ from pathlib import Path
 import datasets as registry
 from datasets.base import PROBLEM_KINDS, image_problem
 from utils.config import config_from_command_line
-from utils.errors import ConfigError, DatasetError, exit_on_user_error
+from utils.errors import ConfigError, exit_on_user_error
 
 LIST_LIMIT = 20  # problems printed per group; --json has them all
 

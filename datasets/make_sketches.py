@@ -123,8 +123,9 @@ def find_images(src: Path) -> list:
     for folder, subfolders, files in os.walk(src):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                found.append(Path(folder, name).relative_to(src))
+            path = Path(folder, name)
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(path.relative_to(src))
     return found
 
 
@@ -139,17 +140,14 @@ def write_atomically(image: Image.Image, path: Path) -> None:
     # Hidden, and unique per process: a run never gives one target to two workers.
     temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
-        with open(temporary, "wb") as stream:
+        with temporary.open("wb") as stream:
             options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
             image.save(stream, format=fmt, **options)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        temporary.replace(path)
     except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
+        temporary.unlink(missing_ok=True)
         raise
 
 

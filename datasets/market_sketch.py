@@ -309,7 +309,7 @@ def _scan(report, root: Path) -> None:
             sketches.extend(found)
         photo_ids = {pid for _, pid in photos}
         sketch_ids = {pid for _, pid in sketches}
-        for path, pid in photos:
+        for path, _pid in photos:
             report.image(path, f"Market-Sketch-1K {part} photo")
         for path, pid in sketches:
             report.image(path, f"Market-Sketch-1K {part} sketch")

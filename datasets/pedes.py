@@ -18,12 +18,12 @@ On disk, per dataset folder, either annotation form::
 TBPS-CLIP's files are lists of ``{"id", "file_path", "captions", "split"}``, optionally
 with ``"captions_bt"`` (back-translated captions). The datasets' own files
 (``CUHK-PEDES/reid_raw.json``, ``ICFG-PEDES/ICFG-PEDES.json``,
-``RSTPReid/data_captions.json``; ``ICFG_PEDES.json`` is read too) are one list for all splits, each entry with its
-``"split"``; RSTPReid names the photo ``"img_path"``. TBPS-CLIP's files win when both are
-there. A sketch lies at its photo's relative path under ``imgs-sketch/`` or
-``imgs-sketch2/`` (the Tri-PEDES sketch release uses the latter for CUHK-PEDES), or at the
-same path with another image suffix (the sketches of CUHK-PEDES's ``.bmp`` photos are
-``.jpg``).
+``RSTPReid/data_captions.json``; ``ICFG_PEDES.json`` is read too) are one list for all
+splits, each entry with its ``"split"``; RSTPReid names the photo ``"img_path"``.
+TBPS-CLIP's files win when both are there. A sketch lies at its photo's relative path
+under ``imgs-sketch/`` or ``imgs-sketch2/`` (the Tri-PEDES sketch release uses the latter
+for CUHK-PEDES), or at the same path with another image suffix (the sketches of
+CUHK-PEDES's ``.bmp`` photos are ``.jpg``).
 """
 from __future__ import annotations
 
@@ -33,8 +33,7 @@ import logging
 import os
 from pathlib import Path
 
-from datasets.base import (IMAGE_SUFFIXES, EvalSet, TrainSample, require_path,
-                           stop_at_first)
+from datasets.base import IMAGE_SUFFIXES, EvalSet, TrainSample, require_path, stop_at_first
 from datasets.captions import pre_caption
 from utils.errors import ConfigError, DatasetError
 
@@ -194,9 +193,9 @@ class SketchFinder:
             for directory, _, files in os.walk(sketch_root):
                 relative = Path(directory).relative_to(sketch_root)
                 for file in files:
-                    stem, suffix = os.path.splitext(file)
-                    if suffix.lower() in IMAGE_SUFFIXES:
-                        self.by_stem[(relative / stem).as_posix()] = Path(directory) / file
+                    path = Path(directory) / file
+                    if path.suffix.lower() in IMAGE_SUFFIXES:
+                        self.by_stem[(relative / path.stem).as_posix()] = path
 
     def find(self, file_path: str) -> Path | None:
         for sketch_root in self.folders:
@@ -371,7 +370,7 @@ def _scan_one(report, root: Path, name: str) -> None:
             report.problem(kind, message)
         ids = {entry["id"] for entry, _, _ in found}
         sketches = [sketch for _, _, sketch in found if sketch is not None]
-        for entry, photo, sketch in found:
+        for _entry, photo, sketch in found:
             report.image(photo, f"{folder} {split} photo")
             if sketch is not None:
                 report.image(sketch, f"{folder} {split} sketch")

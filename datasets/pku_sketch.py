@@ -35,8 +35,7 @@ import logging
 import random
 from pathlib import Path
 
-from datasets.base import (EvalSet, TrainSample, image_files, read_lines, require_path,
-                           stop_at_first)
+from datasets.base import EvalSet, TrainSample, image_files, read_lines, require_path, stop_at_first
 from utils.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -433,8 +432,10 @@ def _scan(report, root: Path, trials: list, seed: int) -> None:
     every = {"ids": set(), "photos": set(), "sketches": set()}
     for trial in trials:
         if index_dir.is_dir():
-            parts = {part: (_index_for_check(report, folder, index_dir / f"{part}_visible_{trial}.txt"),
-                            _index_for_check(report, folder, index_dir / f"{part}_sketch_{trial}.txt"))
+            parts = {part: (_index_for_check(report, folder,
+                                             index_dir / f"{part}_visible_{trial}.txt"),
+                            _index_for_check(report, folder,
+                                             index_dir / f"{part}_sketch_{trial}.txt"))
                      for part in ("train", "test")}
         else:
             parts = _drawn_for_check(report, folder, trial, seed)

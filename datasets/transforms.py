@@ -8,7 +8,7 @@ grayscale with probability 0.1.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchvision.transforms import InterpolationMode, v2

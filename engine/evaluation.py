@@ -1,7 +1,7 @@
 """Feature extraction and retrieval evaluation shared by both stages."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -50,8 +50,9 @@ def retrieval(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query_ids,
     """Cosine-similarity ranking of a gallery for each query -> R1/R5/R10/mAP/mINP (%).
     ``rank_denominator``: see ``utils.metrics.rank_metrics``."""
     similarity = query_feats @ gallery_feats.t()  # [Q, G]
-    as_tensor = (lambda values: None if values is None
-                 else torch.as_tensor(values, device=similarity.device))
+    def as_tensor(values):
+        return (None if values is None
+                     else torch.as_tensor(values, device=similarity.device))
     return rank_metrics(similarity, as_tensor(query_ids), as_tensor(gallery_ids),
                         as_tensor(query_cams), as_tensor(gallery_cams),
                         rank_denominator=rank_denominator)

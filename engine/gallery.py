@@ -5,21 +5,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
 
 from datasets.base import IMAGE_SUFFIXES
 from datasets.transforms import eval_transform
+from engine.evaluation import encode_images
 from model.build import token_model_from_checkpoint
 from model.token import join_feedback
 from utils.checkpoint import UNREADABLE_FILE_ERRORS, load_checkpoint, save_atomic
 from utils.config import load_config
 from utils.distributed import resolve_device
 from utils.errors import UserError
-from engine.evaluation import encode_images
 from utils.precision import autocast, inference_dtype
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from utils.errors import UserError, exit_on_user_error
 from engine.evaluation import METRICS, results_rows
+from utils.errors import UserError, exit_on_user_error
 
 
 def markdown_table(named_results: list) -> str:

@@ -9,20 +9,23 @@ import torch
 import torch.nn.functional as F
 
 import datasets as data_registry
-from datasets.base import (PairDataset, drop_bad_images_from_eval_set,
-                           drop_samples_with_bad_images)
+from datasets.base import PairDataset, drop_bad_images_from_eval_set, drop_samples_with_bad_images
 from datasets.captions import feedback_rounds
 from datasets.mixgen import MixGenCollate
 from datasets.transforms import eval_transform, train_transform
+from engine.evaluation import METRICS, encode_images, encode_texts, retrieval
 from model.adapt import AdaptModel
-from model.build import (adapt_model_from_checkpoint, clip_from_pretrained,
-                         clip_from_project_state, token_model_from_checkpoint)
+from model.build import (
+    adapt_model_from_checkpoint,
+    clip_from_pretrained,
+    clip_from_project_state,
+    token_model_from_checkpoint,
+)
 from model.clip import load_state_dict_strict
 from model.losses import soft_target_share
 from model.token import TokenModel
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
-from engine.evaluation import METRICS, encode_images, encode_texts, retrieval
 from utils.precision import autocast, inference_dtype
 
 log = logging.getLogger(__name__)

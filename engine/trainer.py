@@ -15,12 +15,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.sampler import EpochSampler
+from engine.evaluation import format_table, results_rows
 from utils import distributed
-from utils.checkpoint import (CHECKPOINT_NAMES, load_checkpoint, random_states,
-                              restore_random_states, save_atomic)
+from utils.checkpoint import (
+    CHECKPOINT_NAMES,
+    load_checkpoint,
+    random_states,
+    restore_random_states,
+    save_atomic,
+)
 from utils.config import save_config, to_plain
 from utils.errors import ConfigError, UserError
-from engine.evaluation import format_table, results_rows
 from utils.logger import setup_logging
 from utils.precision import autocast, training_dtype
 from utils.schedule import learning_rate
@@ -50,7 +55,8 @@ def prepare_output_dir(cfg) -> Path:
         raise UserError(f"{output_dir} already holds {', '.join(existing)}; continue that run "
                         f"with train.resume=true, or start a new one with output_dir=<new folder>")
     if cfg.train.resume and not (output_dir / "checkpoint_last.pth").exists():
-        raise UserError(f"train.resume=true but {output_dir / 'checkpoint_last.pth'} does not exist")
+        raise UserError(f"train.resume=true but {output_dir / 'checkpoint_last.pth'} "
+                        f"does not exist")
     return output_dir
 
 
@@ -383,12 +389,12 @@ class Trainer:
             score = stage.selection_score(record[select_on], cfg)
             record["select"] = {"split": select_on, "score": score}
             record["eval_seconds"] = round(time.time() - started, 1)
-            with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             if score > self.best_score:
                 self.best_score = score
                 self._save("checkpoint_best.pth")
-                log.info("new best %s %.2f on %s: saved checkpoint_best.pth", 
+                log.info("new best %s %.2f on %s: saved checkpoint_best.pth",
                          stage.selection_name(cfg), score, select_on)
         distributed.barrier()
         return record

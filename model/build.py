@@ -2,7 +2,7 @@
 checkpoint (start of stage 2), and whole models from a checkpoint (test.py, search)."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -13,8 +13,8 @@ import dataclasses
 import math
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 LOGIT_SCALE_CLAMPS = ("straight_through", "stop_gradient")
 
 

@@ -1,7 +1,7 @@
 """Resampling of learned position embeddings to a new image grid or text length."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

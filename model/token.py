@@ -3,7 +3,7 @@ network turns a sketch's feature into one word embedding ``*``; "a photo of * , 
 feedback}" is then encoded by CLIP's (frozen) text tower and retrieves photos."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -22,8 +22,8 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import ftfy
 import regex
@@ -48,9 +48,7 @@ START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
 
-DEFAULT_MERGES_PATH = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "bpe_simple_vocab_16e6.txt.gz"
-)
+DEFAULT_MERGES_PATH = str(Path(__file__).resolve().parent / "bpe_simple_vocab_16e6.txt.gz")
 
 # CLIP's vocabulary has 49152 entries besides the 256 word-final byte symbols;
 # removing the 256 plain byte symbols and the 2 special tokens leaves the
@@ -77,7 +75,7 @@ _PIECE_PATTERN = regex.compile(
 _WHITESPACE_RUN = regex.compile(r"\s+")
 
 
-def _byte_symbols() -> List[Tuple[int, str]]:
+def _byte_symbols() -> list[tuple[int, str]]:
     """(byte, symbol) pairs in vocabulary order: 256 entries.
 
     Printable latin-1 bytes stand for themselves; the rest (control chars,
@@ -125,11 +123,11 @@ class SimpleTokenizer:
         merge_ranks: (left, right) symbol pair -> priority (lower merges first).
     """
 
-    def __init__(self, merges_path: Optional[str] = None) -> None:
+    def __init__(self, merges_path: str | None = None) -> None:
         merges_path = merges_path or DEFAULT_MERGES_PATH
         byte_symbols = _byte_symbols()
-        self.byte_to_symbol: Dict[int, str] = dict(byte_symbols)
-        self.symbol_to_byte: Dict[str, int] = {s: b for b, s in byte_symbols}
+        self.byte_to_symbol: dict[int, str] = dict(byte_symbols)
+        self.symbol_to_byte: dict[str, int] = {s: b for b, s in byte_symbols}
 
         with gzip.open(merges_path, "rt", encoding="utf-8") as handle:
             lines = handle.read().split("\n")
@@ -144,9 +142,9 @@ class SimpleTokenizer:
         vocab += [left + right for left, right in merges]
         vocab += [START_TOKEN, END_TOKEN]
 
-        self.token_to_id: Dict[str, int] = {tok: i for i, tok in enumerate(vocab)}
-        self.id_to_token: Dict[int, str] = dict(enumerate(vocab))
-        self.merge_ranks: Dict[Tuple[str, str], int] = {
+        self.token_to_id: dict[str, int] = {tok: i for i, tok in enumerate(vocab)}
+        self.id_to_token: dict[int, str] = dict(enumerate(vocab))
+        self.merge_ranks: dict[tuple[str, str], int] = {
             pair: rank for rank, pair in enumerate(merges)
         }
         self.vocab_size = len(vocab)
@@ -158,12 +156,12 @@ class SimpleTokenizer:
         # Per-word BPE results; captions reuse a small vocabulary, so this
         # makes repeated encoding cheap. Special tokens map to themselves
         # rather than being split into bytes.
-        self._word_cache: Dict[str, Tuple[str, ...]] = {
+        self._word_cache: dict[str, tuple[str, ...]] = {
             START_TOKEN: (START_TOKEN,),
             END_TOKEN: (END_TOKEN,),
         }
 
-    def bpe(self, word: str) -> Tuple[str, ...]:
+    def bpe(self, word: str) -> tuple[str, ...]:
         """Split one byte-mapped word into vocabulary symbols (cached)."""
         cached = self._word_cache.get(word)
         if cached is None:
@@ -171,7 +169,7 @@ class SimpleTokenizer:
             self._word_cache[word] = cached
         return cached
 
-    def _merge(self, word: str) -> Tuple[str, ...]:
+    def _merge(self, word: str) -> tuple[str, ...]:
         # Start from single characters, marking the last one as word-final,
         # then repeatedly apply the best-ranked merge available anywhere in
         # the word, left to right and without overlap, until none applies.
@@ -187,7 +185,7 @@ class SimpleTokenizer:
             if best_pair is None:
                 break
             left, right = best_pair
-            merged: List[str] = []
+            merged: list[str] = []
             i = 0
             while i < len(symbols):
                 if i + 1 < len(symbols) and symbols[i] == left and symbols[i + 1] == right:
@@ -199,9 +197,9 @@ class SimpleTokenizer:
             symbols = merged
         return tuple(symbols)
 
-    def encode(self, text: str) -> List[int]:
+    def encode(self, text: str) -> list[int]:
         """Caption -> BPE ids, without start/end tokens."""
-        ids: List[int] = []
+        ids: list[int] = []
         for piece in _PIECE_PATTERN.findall(clean_text(text)):
             mapped = "".join(self.byte_to_symbol[b] for b in piece.encode("utf-8"))
             ids.extend(self.token_to_id[symbol] for symbol in self.bpe(mapped))
@@ -225,7 +223,7 @@ def default_tokenizer() -> SimpleTokenizer:
 
 
 def tokenize(
-    texts: Union[str, Sequence[str]], context_length: int = 77
+    texts: str | Sequence[str], context_length: int = 77
 ) -> torch.LongTensor:
     """Captions -> padded id tensor for the text encoder.
 

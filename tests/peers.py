@@ -60,7 +60,7 @@ def peer_file(package: str, relative_path: str) -> Path:
                  f"{list(spec.submodule_search_locations)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _providers() -> dict:
     return importlib.metadata.packages_distributions()
 

@@ -9,12 +9,12 @@ import torch
 from easydict import EasyDict
 
 from datasets.sampler import EpochSampler
+from engine.trainer import accumulated_step, accumulation_steps, train_step
 from model.adapt import AdaptModel
 from model.clip import load_clip
 from model.token import TokenModel
 from model.tokenizer import tokenize
 from utils.config import defaults, load_config
-from engine.trainer import accumulated_step, accumulation_steps, train_step
 from utils.errors import ConfigError
 
 CPU = torch.device("cpu")

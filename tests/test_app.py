@@ -31,8 +31,8 @@ import pytest
 from PIL import Image
 
 import app
-from utils.config import REPO_ROOT
 from engine.gallery import SearchEngine
+from utils.config import REPO_ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -174,7 +174,8 @@ def test_vit_b16_shapes_load_and_match(tmp_path):
                      patch=16, text_width=512, text_layers=12, seed=7)
     torch.save(peer.state_dict(), tmp_path / "ViT-B-16.pt")
     model = load_clip(tmp_path / "ViT-B-16.pt", image_size=(224, 224)).eval()
-    assert (model.arch.vision_width, model.arch.vision_layers, model.arch.patch_size) == (768, 12, 16)
+    arch = model.arch
+    assert (arch.vision_width, arch.vision_layers, arch.patch_size) == (768, 12, 16)
     assert (model.arch.text_width, model.arch.text_layers, model.arch.embed_dim) == (512, 12, 512)
     images = torch.randn(1, 3, 224, 224)
     tokens = tokenize(CAPTIONS[:2])

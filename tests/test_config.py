@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from utils.config import (REPO_ROOT, defaults, flatten, load_config, save_config, to_plain)
+from utils.config import REPO_ROOT, defaults, flatten, load_config, save_config, to_plain
 from utils.errors import ConfigError
 
 STAGE_FILES = ["TriPEDES_pretrain.yaml", "Market_finetune.yaml", "PKU_finetune.yaml"]

@@ -39,7 +39,7 @@ def _files(folder: Path) -> list:
 
 
 def _state(folder: Path) -> dict:
-    return {name: (os.stat(folder / name).st_mtime_ns, (folder / name).read_bytes())
+    return {name: ((folder / name).stat().st_mtime_ns, (folder / name).read_bytes())
             for name in _files(folder)}
 
 

@@ -11,8 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from easydict import EasyDict
 
-from model.losses import (identity_targets, info_nce_loss, reverse_kl_loss,
-                          soft_contrastive_loss)
+from model.losses import identity_targets, info_nce_loss, reverse_kl_loss, soft_contrastive_loss
 
 
 def features(batch=6, dim=16, seed=0):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from datasets import check, market_sketch, pedes, pku_sketch, prepare
 from datasets.captions import pre_caption
-from utils.errors import DatasetError, UserError
+from utils.errors import DatasetError
 from utils.metrics import rank_metrics
 
 

@@ -10,8 +10,13 @@ import torch
 from torch import nn
 
 from datasets import pedes, pku_sketch
-from datasets.transforms import (NORMALIZATIONS, RandomChoiceOf, augmentations, eval_transform,
-                                 train_transform)
+from datasets.transforms import (
+    NORMALIZATIONS,
+    RandomChoiceOf,
+    augmentations,
+    eval_transform,
+    train_transform,
+)
 from model.losses import clamped_logit_scale
 from model.token import MappingNetwork
 from utils.config import REPO_ROOT, flatten, load_config

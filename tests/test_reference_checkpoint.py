@@ -15,6 +15,7 @@ from torch import nn
 
 import datasets as data_registry
 import test as test_entry
+from engine.stages import AdaptStage, TokenStage
 from model.clip import ARCHIVE_METADATA_KEYS, build_clip
 from model.random_clip import PRESETS, random_clip_state_dict
 from model.tokenizer import tokenize
@@ -23,7 +24,6 @@ from utils.checkpoint import load_checkpoint
 from utils.config import REPO_ROOT, load_config
 from utils.errors import UserError
 from utils.reference_checkpoint import DATASET_NAMES, from_reference
-from engine.stages import AdaptStage, TokenStage
 
 EMBED = PRESETS["tiny"].embed_dim  # = the tiny text width: the reference maps embed -> embed
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-import search
 import engine.gallery
-from utils.config import REPO_ROOT
+import search
 from engine.gallery import SearchEngine, default_index_path
+from utils.config import REPO_ROOT
 
 
 @pytest.fixture

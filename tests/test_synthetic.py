@@ -4,7 +4,6 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
-import os
 import pickle
 import re
 from collections import Counter, defaultdict
@@ -16,6 +15,9 @@ import scipy.io
 from PIL import Image
 
 from datasets import synthetic as S
+from datasets.synthetic.layouts import _MIN_PEOPLE
+from datasets.synthetic.persons import _CODES, _rng
+from datasets.synthetic.writer import _save
 
 SCALE = 0.2
 
@@ -42,7 +44,7 @@ def test_summary_counts(generated):
         assert info["status"] == "generated"
         assert Path(info["folder"]) == root / S.FOLDERS[name]
         assert (root / S.FOLDERS[name] / S.MARKER).is_file()
-        assert info["people"] == len(info["persons"]) >= S._MIN_PEOPLE[name]
+        assert info["people"] == len(info["persons"]) >= _MIN_PEOPLE[name]
         assert info["photos"] >= 2 * info["people"]
         assert info["format"] == S.FORMAT_VERSION
         marker = json.loads((root / S.FOLDERS[name] / S.MARKER).read_text())
@@ -70,7 +72,8 @@ def _files(folder):
 
 
 def _pedes_entries(ds, name):
-    """Every annotation entry as ``(entry, relative photo path)``, from the files the dataset ships."""
+    """Every annotation entry as ``(entry, relative photo path)``, from the files the dataset
+    ships."""
     if name == "rstpreid":
         entries = json.loads((ds / "data_captions.json").read_text())
         assert isinstance(entries, list) and entries
@@ -122,7 +125,9 @@ def test_pedes_layout(generated, name):
     with_bt = 0
     for e, rel in _pedes_entries(ds, name):
         path_key = "img_path" if name == "rstpreid" else "file_path"
-        allowed = {"id", path_key, "captions", "split"} | ({"captions_bt"} if name != "rstpreid" else set())
+        allowed = {"id", path_key, "captions", "split"}
+        if name != "rstpreid":
+            allowed |= {"captions_bt"}
         assert {"id", path_key, "captions", "split"} <= set(e) <= allowed, e
         assert isinstance(e["id"], int) and e["split"] in ("train", "val", "test")
         photo = ds / "imgs" / rel
@@ -176,7 +181,8 @@ def test_pedes_layout(generated, name):
             folder = "train" if people[pid].split == "train" else "test"
             got = []
             for rel in rels:
-                m = re.fullmatch(rf"{folder}/{pid:04d}/{pid:04d}_(\d{{3}})_(\d{{2}})_0302morning_\d{{4}}_0\.jpg", rel)
+                m = re.fullmatch(rf"{folder}/{pid:04d}/{pid:04d}_(\d{{3}})_(\d{{2}})"
+                                 rf"_0302morning_\d{{4}}_0\.jpg", rel)
                 assert m, rel
                 got.append(int(m.group(1)))
                 assert 1 <= int(m.group(2)) <= 15
@@ -213,10 +219,10 @@ def test_caption_styles_differ(generated):
 def test_save_picks_the_format_from_the_suffix(tmp_path):
     img = Image.new("RGB", (8, 16), (200, 30, 40))
     for suffix, fmt in FORMAT_OF.items():
-        S._save(img, str(tmp_path / f"x{suffix}"))
+        _save(img, str(tmp_path / f"x{suffix}"))
         assert _format(tmp_path / f"x{suffix}") == fmt
     with pytest.raises(ValueError, match=r"\.gif"):
-        S._save(img, str(tmp_path / "x.gif"))
+        _save(img, str(tmp_path / "x.gif"))
 
 
 def test_plans_are_named_jobs(tmp_path):
@@ -230,7 +236,7 @@ def test_plans_are_named_jobs(tmp_path):
         sketches = sum(isinstance(job, (S.TracedJob, S.DrawnJob)) for job in plan.jobs)
         assert (photos, sketches) == (plan.photos, plan.sketches)
         for job in plan.jobs:
-            assert job.seed_key[:2] == (0, S._CODES[name])
+            assert job.seed_key[:2] == (0, _CODES[name])
             assert all(path.startswith(str(tmp_path)) for path in job.paths)
             if isinstance(job, S.DrawnJob):
                 assert job.style in S.STYLES
@@ -282,7 +288,8 @@ def test_market_attribute_mat(generated):
         part = getattr(attr, key)
         index = [str(s) for s in np.atleast_1d(part.image_index)]
         assert all(re.fullmatch(r"\d{4}", s) for s in index)
-        assert sorted(int(s) for s in index) == sorted(pid for pid, p in people.items() if p.split == split)
+        in_split = sorted(pid for pid, p in people.items() if p.split == split)
+        assert sorted(int(s) for s in index) == in_split
         for f in S.MARKET_FIELDS:
             values = np.atleast_1d(getattr(part, f))
             assert values.shape == (len(index),), f
@@ -364,11 +371,12 @@ def test_pku_layout(generated, tmp_path):
     recorded = summary["pku-sketch"]["sketch_styles"]
     assert recorded == {str(pid): [style] for pid, style in style_of.items()}
     # ... and each sketch really is drawn in its annotated style
-    code = S._CODES["pku-sketch"]
+    code = _CODES["pku-sketch"]
     for pid in sorted(ids)[:4]:
         style = style_of[pid]
-        img = S.render_drawn_sketch(people[pid], style, S._rng(0, code, 12, pid, S.STYLES.index(style)))
-        S._save(img, str(tmp_path / "again.jpg"))
+        rng = _rng(0, code, 12, pid, S.STYLES.index(style))
+        img = S.render_drawn_sketch(people[pid], style, rng)
+        _save(img, str(tmp_path / "again.jpg"))
         assert filecmp.cmp(tmp_path / "again.jpg", ds / "sketch" / f"{pid}.jpg", shallow=False), pid
 
 
@@ -382,7 +390,8 @@ def _sample_images(root):
     sketches = sorted((cuhk / "imgs-sketch2" / "CUHK01").iterdir())[:2]
     sketches += sorted((cuhk / "imgs-sketch2" / "cam_a").iterdir())[:2]
     sketches += sorted((root / "RSTPReid" / "imgs-sketch").glob("*.jpg"))[:6]
-    sketches += [sorted((root / "Market-Sketch-1K" / "sketch" / s).rglob("*.jpg"))[0] for s in S.STYLES]
+    sketches += [sorted((root / "Market-Sketch-1K" / "sketch" / s).rglob("*.jpg"))[0]
+                 for s in S.STYLES]
     sketches += sorted((root / "PKU-Sketch" / "sketch").glob("*.jpg"))[:6]
     return photos, sketches
 
@@ -401,7 +410,8 @@ def test_appearance(generated):
         img = _rgb(path)
         assert img.shape == (S.HEIGHT, S.WIDTH, 3)
         assert np.abs(img - img.mean(2, keepdims=True)).max() <= 6, path   # no colour
-        border = np.concatenate([img[:2].ravel(), img[-1:].ravel(), img[:, :2].ravel(), img[:, -2:].ravel()])
+        border = np.concatenate([img[:2].ravel(), img[-1:].ravel(),
+                                 img[:, :2].ravel(), img[:, -2:].ravel()])
         assert border.mean() > 245, path                                   # white paper
         assert (img < 80).mean() > 0.02, path                               # dark strokes
         small = Image.open(path).convert("L").resize((16, 32), Image.BOX)
@@ -487,18 +497,18 @@ def test_deterministic(tmp_path):
 def test_skip_overwrite_and_foreign_folders(tmp_path, caplog):
     first = S.generate(tmp_path, seed=0, scale=0.1, datasets=["rstpreid"], workers=1)
     assert first["rstpreid"]["status"] == "generated"
-    stamp = os.stat(tmp_path / "RSTPReid" / "data_captions.json").st_mtime_ns
+    stamp = (tmp_path / "RSTPReid" / "data_captions.json").stat().st_mtime_ns
     again = S.generate(tmp_path, seed=0, scale=0.1, datasets=["rstpreid"], workers=1)
     assert again["rstpreid"]["status"] == "skipped"
     assert again["rstpreid"]["people"] == first["rstpreid"]["people"]
-    assert os.stat(tmp_path / "RSTPReid" / "data_captions.json").st_mtime_ns == stamp
+    assert (tmp_path / "RSTPReid" / "data_captions.json").stat().st_mtime_ns == stamp
     # a folder this module did not write is never touched, even with overwrite
     (tmp_path / "PKU-Sketch").mkdir()
     (tmp_path / "PKU-Sketch" / "mine.txt").write_text("real data")
     out = S.generate(tmp_path, seed=0, scale=0.1, datasets=["pku-sketch", "rstpreid"],
                      overwrite=True, workers=1)
     assert out["pku-sketch"]["status"] == "foreign"
-    assert os.listdir(tmp_path / "PKU-Sketch") == ["mine.txt"]
+    assert [p.name for p in (tmp_path / "PKU-Sketch").iterdir()] == ["mine.txt"]
     assert out["rstpreid"]["status"] == "generated"
     assert (tmp_path / "RSTPReid" / S.MARKER).is_file()
     # a folder of ours in an older format is rewritten even without overwrite

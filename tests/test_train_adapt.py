@@ -82,9 +82,9 @@ def test_a_new_run_never_overwrites_an_old_one(tiny_clip_path, synthetic_root, t
 
 def _encodings(path: Path) -> dict:
     """Image and text features of fixed inputs under the model of a checkpoint."""
+    from engine.stages import AdaptStage
     from model.tokenizer import tokenize
     from utils.config import load_config
-    from engine.stages import AdaptStage
     checkpoint = torch.load(path, weights_only=True)
     model = AdaptStage().model_from_checkpoint(checkpoint, load_config(
         None, base=checkpoint["config"]), str(path)).eval()
@@ -156,9 +156,9 @@ def test_two_processes_equal_one_process_with_the_global_batch(tiny_clip_path, s
 def test_selection_split(synthetic_root):
     """select_on: auto takes val where the dataset has one; the shipped stage-1 config asks
     for test (the paper's code picks its checkpoint on CUHK-PEDES test)."""
+    from engine.stages import AdaptStage, TokenStage
     from utils.config import load_config
     from utils.errors import ConfigError
-    from engine.stages import AdaptStage, TokenStage
 
     def split(stage, *overrides):
         cfg = load_config(None, [f"data.root={synthetic_root}", *overrides])

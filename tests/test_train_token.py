@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import test as test_entry
-from tests.conftest import run_token, tiny_overrides
+from tests.conftest import run_token
 from utils.config import REPO_ROOT
 
 

@@ -42,7 +42,7 @@ def save_atomic(state: dict, path: str | Path) -> None:
             torch.save(state, stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        Path(temporary).replace(path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -1,6 +1,7 @@
 """Configuration: defaults in ``config/default.yaml``, a stage file, then KEY=VALUE overrides.
 
-    cfg = load_config("config/TriPEDES_pretrain.yaml", ["train.lr=1e-3", "model.image_size=[384,128]"])
+    cfg = load_config("config/TriPEDES_pretrain.yaml",
+                      ["train.lr=1e-3", "model.image_size=[384,128]"])
 
 Every key must exist in the defaults (a typo is an error that suggests the nearest key) and
 every value must have the default's type. YAML is read with the safe loader only.
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 from easydict import EasyDict
@@ -27,7 +29,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with path.open(encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
@@ -137,7 +139,8 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
                 base: Mapping | None = None) -> EasyDict:
-    """Defaults (or ``base``, e.g. a checkpoint's stored config), then a YAML file, then overrides."""
+    """Defaults (or ``base``, e.g. a checkpoint's stored config), then a YAML file, then
+    overrides."""
     config = copy.deepcopy(dict(base)) if base is not None else defaults()
     if base is not None:
         # A stored config may predate new keys: fill them from the defaults, check the rest.
@@ -158,7 +161,7 @@ def to_plain(config: Mapping) -> dict:
 
 
 def save_config(config: Mapping, path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
+    with Path(path).open("w", encoding="utf-8") as handle:
         yaml.safe_dump(to_plain(config), handle, sort_keys=False)
 
 

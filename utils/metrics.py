@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import numpy as np
 import torch
 
@@ -60,7 +58,7 @@ def _ranks_by_sorting(sim: torch.Tensor, match: torch.Tensor,
 
 def _ranks_by_counting(sim: torch.Tensor, match: torch.Tensor,
                        counts: torch.Tensor, q_cams, g_cams, width: int,
-                       work: Dict[str, torch.Tensor]):
+                       work: dict[str, torch.Tensor]):
     """Same output as ``_ranks_by_sorting`` without sorting whole rows.
 
     A match's rank is one plus the number of gallery entries scoring strictly
@@ -150,8 +148,8 @@ RANK_DENOMINATORS = ("valid", "all")
 
 
 def rank_metrics(similarity, query_ids, gallery_ids, query_cams=None,
-                 gallery_cams=None, chunk_size: Optional[int] = None,
-                 rank_denominator: str = "valid") -> Dict[str, float]:
+                 gallery_cams=None, chunk_size: int | None = None,
+                 rank_denominator: str = "valid") -> dict[str, float]:
     """CMC rank-1/5/10, mAP and mINP under the Market-1501 protocol.
 
     Args:

@@ -36,8 +36,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 

@@ -77,16 +77,50 @@ file names, annotation files, splits and image jobs) and :mod:`.writer`
 from __future__ import annotations
 
 from .captions import caption_bt, caption_cuhk, caption_icfg, caption_rstp
-from .drawing import (DRAWN, STYLES, TRACED, SketchStyle, render_drawn_sketch, render_photo,
-                      sketch_from_labels)
+from .drawing import (
+    DRAWN,
+    STYLES,
+    TRACED,
+    SketchStyle,
+    render_drawn_sketch,
+    render_photo,
+    sketch_from_labels,
+)
 from .figure import HEIGHT, LABEL, PARTS, SUPER, WIDTH, Pose, build_figure, label_map
-from .layouts import (CUHK_SOURCES, FOLDERS, PKU_CAMERA_PAIRS, PKU_STYLES, SKETCH_FOLDER,
-                      VIPER_ANGLES, _MIN_PEOPLE, DrawnJob, Job, PhotoJob, Plan, TracedJob,
-                      market_attribute_struct, market_sketch_name, people, plan_dataset)
-from .persons import (_CODES, BAG_COLOURS, COLOUR_RGB, DATASETS, DOWN_COLOURS, DRESS_COLOURS,
-                      HAIR_RGB, MARKET_FIELDS, SHOE_COLOURS, SKIN_RGB, UP_COLOURS, Person,
-                      Silhouette, _rng, make_groups, person_from_dict)
-from .writer import FORMAT_VERSION, IMAGE_FORMATS, JPEG_QUALITY, MARKER, _save, generate, main
+from .layouts import (
+    CUHK_SOURCES,
+    FOLDERS,
+    PKU_CAMERA_PAIRS,
+    PKU_STYLES,
+    SKETCH_FOLDER,
+    VIPER_ANGLES,
+    DrawnJob,
+    Job,
+    PhotoJob,
+    Plan,
+    TracedJob,
+    market_attribute_struct,
+    market_sketch_name,
+    people,
+    plan_dataset,
+)
+from .persons import (
+    BAG_COLOURS,
+    COLOUR_RGB,
+    DATASETS,
+    DOWN_COLOURS,
+    DRESS_COLOURS,
+    HAIR_RGB,
+    MARKET_FIELDS,
+    SHOE_COLOURS,
+    SKIN_RGB,
+    UP_COLOURS,
+    Person,
+    Silhouette,
+    make_groups,
+    person_from_dict,
+)
+from .writer import FORMAT_VERSION, IMAGE_FORMATS, JPEG_QUALITY, MARKER, generate, main
 
 __all__ = [
     "BAG_COLOURS", "COLOUR_RGB", "CUHK_SOURCES", "DATASETS", "DOWN_COLOURS", "DRAWN",

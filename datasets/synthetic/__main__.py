@@ -1,4 +1,8 @@
-"""``python -m datasets.synthetic --out DIR [--seed] [--scale] [--datasets ...] [--overwrite] [--workers]``."""
+"""The command line of :mod:`datasets.synthetic`::
+
+    python -m datasets.synthetic --out DIR [--seed] [--scale] [--datasets ...] [--overwrite]
+                                 [--workers]
+"""
 import sys
 
 from .writer import main

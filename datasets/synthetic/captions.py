@@ -1,9 +1,10 @@
 """Captions: what each photo shows, worded as in CUHK-PEDES, ICFG-PEDES and RSTPReid."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .persons import Person, _pick
+
 
 def _a(phrase: str) -> str:
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
@@ -64,7 +65,8 @@ def _facts(p: Person, rng) -> dict:
            "handbag": _a(f"{p.bag_colour} handbag")}[s.bag]
     bag_verb = {"none": None, "backpack": "carries", "bag": "carries", "handbag": "holds"}[s.bag]
     hat = _a(_pick(rng, (f"{p.hat_colour} cap", f"{p.hat_colour} hat"))) if s.hat else None
-    return dict(noun=noun, base=base, age=age_desc, he="he" if male else "she", his="his" if male else "her",
+    return dict(noun=noun, base=base, age=age_desc, he="he" if male else "she",
+                his="his" if male else "her",
                 hair=f"{s.hair} {s.hair_colour} hair", hair_len=s.hair,
                 hair_colour=s.hair_colour, shoe_colour=p.shoes, top=top, lower=lower,
                 lower_bare=lower_bare, shoes=shoes, bag=bag, bag_verb=bag_verb, hat=hat,
@@ -140,7 +142,8 @@ def caption_bt(p: Person, rng) -> str:
         extra += f", wearing {f['hat']}"
     if int(rng.integers(2)) == 0:
         text = (f"there is {_a(f['noun'])} who has on {clothes}{extra}. {f['his']} shoes are "
-                f"{f['shoe_colour']} and {f['his']} hair is {f['hair_colour']} and {f['hair_len']}.")
+                f"{f['shoe_colour']} and {f['his']} hair is {f['hair_colour']} and "
+                f"{f['hair_len']}.")
     else:
         text = (f"dressed in {_join([f['top'], f['lower'], f['shoes']])}, the {f['noun']} has "
                 f"{f['hair']}{extra}.")

@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from .figure import HEIGHT, LABEL, SUPER, WIDTH, _SKIN_PARTS, Pose, _fit_pose, build_figure, label_map
+from .figure import (
+    _SKIN_PARTS,
+    HEIGHT,
+    LABEL,
+    SUPER,
+    WIDTH,
+    Pose,
+    _fit_pose,
+    build_figure,
+    label_map,
+)
 from .persons import COLOUR_RGB, HAIR_RGB, SKIN_RGB, Person, Silhouette, _pick
-
 
 # ----------------------------------------------------------------------------
 # Photos
@@ -67,7 +75,9 @@ def _background(rng, h, w, feet) -> np.ndarray:
             for _ in range(int(rng.integers(2, 6))):
                 x0, y0 = rng.uniform(-0.2, 1.0) * w, rng.uniform(-0.1, 0.6) * h
                 bw, bh = rng.uniform(0.1, 0.5) * w, rng.uniform(0.1, 0.4) * h
-                bg[int(max(y0, 0)):int(max(y0 + bh, 0)), int(max(x0, 0)):int(max(x0 + bw, 0))] = _muted(rng)
+                rows = slice(int(max(y0, 0)), int(max(y0 + bh, 0)))
+                cols = slice(int(max(x0, 0)), int(max(x0 + bw, 0)))
+                bg[rows, cols] = _muted(rng)
         bg += rng.normal(0, 6, (h, w, 1)).astype(np.float32)
     # ground below a horizon line
     horizon = int(np.clip(feet - rng.uniform(0.1, 0.35) * h, 0.45 * h, h - 4))
@@ -88,7 +98,7 @@ def _photo_pose(rng, sil: Silhouette) -> Pose:
     return _fit_pose(sil, pose)
 
 
-def render_photo(person: Person, rng: np.random.Generator) -> Tuple[Image.Image, np.ndarray]:
+def render_photo(person: Person, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
     """A photo of ``person`` in a random pose and the label map of its figure."""
     pose = _photo_pose(rng, person.sil)
     lab = label_map(build_figure(person.sil, pose))
@@ -96,7 +106,8 @@ def render_photo(person: Person, rng: np.random.Generator) -> Tuple[Image.Image,
     bg = _background(rng, h, w, pose.feet * SUPER)
     # a soft shadow under the feet
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    shadow = ((xx - pose.cx * SUPER) / (0.3 * w)) ** 2 + ((yy - pose.feet * SUPER) / (0.025 * h)) ** 2
+    shadow = (((xx - pose.cx * SUPER) / (0.3 * w)) ** 2
+              + ((yy - pose.feet * SUPER) / (0.025 * h)) ** 2)
     bg *= (1 - 0.35 * np.exp(-shadow))[..., None]
     fig = _person_palette(person)[lab]
     light = rng.uniform(-1, 1)
@@ -127,18 +138,19 @@ class SketchStyle:
     jitter: float = 0.0          # fine displacement (px)
     broken: float = 0.0          # fraction of stroke length dropped
     double: bool = False         # a second, slightly offset stroke
-    hatch: Tuple[str, ...] = ()  # parts filled with hatching
+    hatch: tuple[str, ...] = ()  # parts filled with hatching
     cross: bool = False          # cross-hatching instead of single
-    ex: Dict[str, float] = field(default_factory=dict)   # proportion exaggerations
+    ex: dict[str, float] = field(default_factory=dict)   # proportion exaggerations
 
 
 TRACED = SketchStyle(radius=2.6, ink=0.95)
 STYLES = ("A", "B", "C", "D", "E", "F")           # of the drawn sketches
-DRAWN: Dict[str, SketchStyle] = {
+DRAWN: dict[str, SketchStyle] = {
     "A": SketchStyle(radius=2.4, ink=0.95),
     "B": SketchStyle(radius=3.4, ink=0.9, wobble=1.5, ex={"ex_head": 1.12}),
     "C": SketchStyle(radius=2.4, ink=0.92, wobble=3.0, jitter=0.9, ex={"ex_leg": 1.06}),
-    "D": SketchStyle(radius=2.4, ink=0.9, wobble=1.0, hatch=("hair", "shoes", "bag", "backpack", "hat", "lower"),
+    "D": SketchStyle(radius=2.4, ink=0.9, wobble=1.0,
+                     hatch=("hair", "shoes", "bag", "backpack", "hat", "lower"),
                      ex={"ex_shoulder": 1.08}),
     "E": SketchStyle(radius=2.2, ink=0.75, wobble=2.0, broken=0.18, double=True,
                      ex={"ex_width": 0.93}),
@@ -173,7 +185,8 @@ def _warp(lab: np.ndarray, rng, wobble: float, jitter: float) -> np.ndarray:
     return ndimage.map_coordinates(lab, [yy + dy, xx + dx], order=0, mode="constant", cval=0)
 
 
-def sketch_from_labels(lab: np.ndarray, style: SketchStyle, rng: np.random.Generator) -> Image.Image:
+def sketch_from_labels(lab: np.ndarray, style: SketchStyle,
+                       rng: np.random.Generator) -> Image.Image:
     """Dark strokes on white along the boundaries of a label map, in ``style``."""
     if style.wobble or style.jitter:
         lab = _warp(lab, rng, style.wobble, style.jitter)

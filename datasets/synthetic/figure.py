@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -29,9 +29,9 @@ class Pose:
     feet: float
     scale: float = 1.0
     lean: float = 0.0                       # degrees, about the feet
-    arm: Tuple[float, float] = (10.0, 10.0)  # outward angle, degrees (left, right)
-    elbow: Tuple[float, float] = (4.0, 4.0)  # forearm bend back inwards
-    leg: Tuple[float, float] = (3.0, 3.0)    # outward angle of each leg
+    arm: tuple[float, float] = (10.0, 10.0)  # outward angle, degrees (left, right)
+    elbow: tuple[float, float] = (4.0, 4.0)  # forearm bend back inwards
+    leg: tuple[float, float] = (3.0, 3.0)    # outward angle of each leg
     ex_height: float = 1.0                  # exaggerations of a drawing style
     ex_head: float = 1.0
     ex_leg: float = 1.0
@@ -95,7 +95,7 @@ def _clip_y(poly: np.ndarray, y0: float, y1: float) -> np.ndarray:
     return np.array(pts) if len(pts) >= 3 else np.zeros((0, 2))
 
 
-def build_figure(sil: Silhouette, pose: Pose) -> List[Tuple[str, np.ndarray]]:
+def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
     """Polygons ``(part, points)`` of a frontal figure, back to front, in pixels."""
     hb = _body_height(sil, pose)
     cx, yf = pose.cx, pose.feet
@@ -116,7 +116,7 @@ def build_figure(sil: Silhouette, pose: Pose) -> List[Tuple[str, np.ndarray]]:
     limb = sil.limb * hb * pose.ex_width
     shoe_h = 0.035 * hb
     vol = sil.hair_volume
-    parts: List[Tuple[str, np.ndarray]] = []
+    parts: list[tuple[str, np.ndarray]] = []
     add = lambda name, pts: parts.append((name, np.asarray(pts, float)))  # noqa: E731
 
     # long hair falls behind the neck and shoulders
@@ -143,10 +143,11 @@ def build_figure(sil: Silhouette, pose: Pose) -> List[Tuple[str, np.ndarray]]:
         ankle = top + d * (yf - shoe_h - top[1]) / max(d[1], 0.2)
         legs.append((side, top, ankle, d))
         knee = top + 0.5 * (ankle - top)
-        seg1, seg2 = _quad(top, knee, hw * 0.52, limb * 0.6), _quad(knee, ankle, limb * 0.6, limb * 0.4)
+        seg1 = _quad(top, knee, hw * 0.52, limb * 0.6)
+        seg2 = _quad(knee, ankle, limb * 0.6, limb * 0.4)
         leg_part = "lower" if sil.lower == "trousers" else "legs"
         add(leg_part, [seg1[0], seg1[1], seg2[1], seg2[2], seg1[2], seg1[3]])
-    for side, top, ankle, d in legs:
+    for side, _top, ankle, _d in legs:
         add("shoes", _ellipse(ankle[0] + side * limb * 0.2, yf - shoe_h * 0.45,
                               limb * 0.62, shoe_h * 0.6))
     block = [(cx - ww, waist_y), (cx + ww, waist_y), (cx + hw, hip_y),
@@ -155,7 +156,7 @@ def build_figure(sil: Silhouette, pose: Pose) -> List[Tuple[str, np.ndarray]]:
     if sil.lower in ("trousers", "shorts"):
         add("lower", block)
     if sil.lower == "shorts":
-        for side, top, ankle, d in legs:
+        for _side, top, ankle, _d in legs:
             end = top + sil.hem * (ankle - top)
             add("lower", _quad(top, end, hw * 0.54, limb * 0.78))
     if sil.lower in ("skirt", "dress"):
@@ -170,8 +171,10 @@ def build_figure(sil: Silhouette, pose: Pose) -> List[Tuple[str, np.ndarray]]:
                                   [(cx - hw * 1.03, hip_y)]]))
 
     # neck and torso
-    add("neck", [(cx - 0.22 * head_w, chin - 0.2 * head_h), (cx + 0.22 * head_w, chin - 0.2 * head_h),
-                 (cx + 0.22 * head_w, sh_y + 0.05 * hb), (cx - 0.22 * head_w, sh_y + 0.05 * hb)])
+    add("neck", [(cx - 0.22 * head_w, chin - 0.2 * head_h),
+                 (cx + 0.22 * head_w, chin - 0.2 * head_h),
+                 (cx + 0.22 * head_w, sh_y + 0.05 * hb),
+                 (cx - 0.22 * head_w, sh_y + 0.05 * hb)])
     bottom = waist_y if sil.lower == "dress" else shirt_hem
     bottom_w = ww * 1.02 if sil.lower == "dress" else hw * 1.02
     torso = np.array([
@@ -252,7 +255,8 @@ def build_figure(sil: Silhouette, pose: Pose) -> List[Tuple[str, np.ndarray]]:
                               0.14 * head_w * vol, 0.12 * head_w * vol))
     if sil.hat:
         s = sil.hat_side
-        add("hat", _ellipse(cx, ytop + 0.32 * head_h, 0.58 * head_w * vol, 0.46 * head_h, 180, 360, 14))
+        add("hat", _ellipse(cx, ytop + 0.32 * head_h, 0.58 * head_w * vol, 0.46 * head_h,
+                            180, 360, 14))
         add("hat", [(cx - s * 0.6 * head_w * vol, ytop + 0.26 * head_h),
                     (cx + s * 1.0 * head_w * vol, ytop + 0.28 * head_h),
                     (cx + s * 1.0 * head_w * vol, ytop + 0.38 * head_h),
@@ -266,7 +270,7 @@ def build_figure(sil: Silhouette, pose: Pose) -> List[Tuple[str, np.ndarray]]:
     return parts
 
 
-def label_map(parts: Sequence[Tuple[str, np.ndarray]], supersample: int = SUPER) -> np.ndarray:
+def label_map(parts: Sequence[tuple[str, np.ndarray]], supersample: int = SUPER) -> np.ndarray:
     """Paint the parts with their labels (0 = background) at the drawing size."""
     img = Image.new("L", (WIDTH * supersample, HEIGHT * supersample), 0)
     draw = ImageDraw.Draw(img)

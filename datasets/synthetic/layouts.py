@@ -6,9 +6,9 @@ mats hold the annotation files, for :mod:`.writer` to write.
 """
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple, Union
+from pathlib import Path
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def _n_people(dataset: str, scale: float) -> int:
     return max(_MIN_PEOPLE[dataset], int(round(_BASE_PEOPLE[dataset] * float(scale))))
 
 
-def _take_groups(rng, groups: List[list], target: int) -> Tuple[List[list], List[list]]:
+def _take_groups(rng, groups: list[list], target: int) -> tuple[list[list], list[list]]:
     """Pick whole groups (in random order) until about ``target`` people are taken."""
     order = [groups[int(i)] for i in rng.permutation(len(groups))]
     taken, rest, count = [], [], 0
@@ -56,12 +56,12 @@ def _take_groups(rng, groups: List[list], target: int) -> Tuple[List[list], List
 class PhotoJob:
     """A photo of ``person`` written to ``photo``."""
 
-    seed_key: Tuple[int, ...]
+    seed_key: tuple[int, ...]
     person: Person
     photo: str
 
     @property
-    def paths(self) -> Tuple[str, ...]:
+    def paths(self) -> tuple[str, ...]:
         return (self.photo,)
 
 
@@ -69,13 +69,13 @@ class PhotoJob:
 class TracedJob:
     """A photo of ``person`` and the sketch traced from its figure (same pose)."""
 
-    seed_key: Tuple[int, ...]
+    seed_key: tuple[int, ...]
     person: Person
     photo: str
     sketch: str
 
     @property
-    def paths(self) -> Tuple[str, ...]:
+    def paths(self) -> tuple[str, ...]:
         return (self.photo, self.sketch)
 
 
@@ -83,17 +83,17 @@ class TracedJob:
 class DrawnJob:
     """A sketch of ``person`` drawn anew in ``style`` (one of ``STYLES``)."""
 
-    seed_key: Tuple[int, ...]
+    seed_key: tuple[int, ...]
     person: Person
     sketch: str
     style: str
 
     @property
-    def paths(self) -> Tuple[str, ...]:
+    def paths(self) -> tuple[str, ...]:
         return (self.sketch,)
 
 
-Job = Union[PhotoJob, TracedJob, DrawnJob]
+Job = PhotoJob | TracedJob | DrawnJob
 
 
 @dataclass
@@ -101,16 +101,17 @@ class Plan:
     """Who is in dataset ``name`` and every file to write for it."""
 
     name: str
-    people: List[Person]
-    jobs: List[Job] = field(default_factory=list)
-    texts: Dict[str, object] = field(default_factory=dict)   # relative path -> JSON, text or bytes
-    mats: Dict[str, dict] = field(default_factory=dict)      # relative path -> savemat dict
-    styles: Dict[int, List[str]] = field(default_factory=dict)  # person -> styles drawn (STYLES)
+    people: list[Person]
+    jobs: list[Job] = field(default_factory=list)
+    # relative path -> JSON, text or bytes
+    texts: dict[str, object] = field(default_factory=dict)
+    mats: dict[str, dict] = field(default_factory=dict)      # relative path -> savemat dict
+    styles: dict[int, list[str]] = field(default_factory=dict)  # person -> styles drawn (STYLES)
     photos: int = 0
     sketches: int = 0
 
 
-def _assign(groups, split, ids) -> List[Person]:
+def _assign(groups, split, ids) -> list[Person]:
     people = []
     members = [m for g in groups for m in g]
     for m, pid in zip(members, ids):
@@ -122,10 +123,11 @@ def _assign(groups, split, ids) -> List[Person]:
 # names; four of those forms are imitated here.
 CUHK_SOURCES = ("CUHK01", "VIPeR", "CUHK-SYSU", "Market")
 VIPER_ANGLES = (0, 45, 90, 135, 180)
-SKETCH_FOLDER = {"cuhk-pedes": "imgs-sketch2", "icfg-pedes": "imgs-sketch", "rstpreid": "imgs-sketch"}
+SKETCH_FOLDER = {"cuhk-pedes": "imgs-sketch2", "icfg-pedes": "imgs-sketch",
+                 "rstpreid": "imgs-sketch"}
 
 
-def _cuhk_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+def _cuhk_photo_paths(seed: int, code: int, people: Sequence[Person]) -> dict[int, list[str]]:
     """The two photo paths (under ``imgs/``) of every person, in the folder of its source.
 
     Sources go round a shuffled list of the people, so every source occurs.
@@ -154,7 +156,7 @@ def _cuhk_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[in
     return paths
 
 
-def _icfg_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+def _icfg_photo_paths(seed: int, code: int, people: Sequence[Person]) -> dict[int, list[str]]:
     """MSMT17 names: ``<train|test>/<pid>/<pid>_<k>_<cam>_0302morning_<frame>_0.jpg``."""
     paths = {}
     for p in people:
@@ -162,12 +164,13 @@ def _icfg_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[in
         cams = prng.choice(np.arange(1, 16), size=2, replace=False)
         frames = prng.integers(1, 10000, size=2)
         folder = "train" if p.split == "train" else "test"
-        paths[p.pid] = [f"{folder}/{p.pid:04d}/{p.pid:04d}_{k:03d}_{int(c):02d}_0302morning_{int(f):04d}_0.jpg"
+        paths[p.pid] = [f"{folder}/{p.pid:04d}/{p.pid:04d}_{k:03d}_{int(c):02d}"
+                        f"_0302morning_{int(f):04d}_0.jpg"
                         for k, c, f in zip((1, 2), cams, frames)]
     return paths
 
 
-def _rstp_photo_paths(seed: int, code: int, people: Sequence[Person]) -> Dict[int, List[str]]:
+def _rstp_photo_paths(seed: int, code: int, people: Sequence[Person]) -> dict[int, list[str]]:
     """RSTPReid names, all in one folder: ``<pid>_c<cam>_<frame>.jpg``."""
     paths = {}
     for p in people:
@@ -184,8 +187,8 @@ _PHOTO_PATHS = {"cuhk-pedes": _cuhk_photo_paths, "icfg-pedes": _icfg_photo_paths
 
 def _sketch_path(photo_rel: str) -> str:
     """Where the traced sketch of a photo goes: same path, but BMP photos get JPEG sketches."""
-    stem, suffix = os.path.splitext(photo_rel)
-    return stem + ".jpg" if suffix == ".bmp" else photo_rel
+    path = Path(photo_rel)
+    return str(path.with_suffix(".jpg")) if path.suffix == ".bmp" else photo_rel
 
 
 def _plan_pedes(name: str, seed: int, scale: float, root: str) -> Plan:
@@ -207,12 +210,13 @@ def _plan_pedes(name: str, seed: int, scale: float, root: str) -> Plan:
     plan = Plan(name, people)
     caption = _CAPTIONERS[name]
     paths = _PHOTO_PATHS[name](seed, code, people)
-    sketches = os.path.join(root, SKETCH_FOLDER[name])
+    photos = Path(root) / "imgs"
+    sketches = Path(root) / SKETCH_FOLDER[name]
     entries = []
     for p in people:
         for k, rel in zip((1, 2), paths[p.pid]):
-            plan.jobs.append(TracedJob((seed, code, 10, p.pid, k), p, os.path.join(root, "imgs", rel),
-                                       os.path.join(sketches, _sketch_path(rel))))
+            plan.jobs.append(TracedJob((seed, code, 10, p.pid, k), p, str(photos / rel),
+                                       str(sketches / _sketch_path(rel))))
             crng = _rng(seed, code, 11, p.pid, k)
             n_cap = _pick(crng, _CAPTIONS_PER_PHOTO[name])
             caps = []
@@ -270,16 +274,15 @@ def _plan_market(seed: int, scale: float, root: str) -> Plan:
             frame = int(prng.integers(1, 160000))
             fname = f"{p.pid:04d}_c{cam}s{int(prng.integers(1, 7))}_{frame:06d}_00.jpg"
             plan.jobs.append(PhotoJob((seed, code, 10, p.pid, k), p,
-                                      os.path.join(root, "photo", p.split, fname)))
+                                      str(Path(root, "photo", p.split, fname))))
             plan.photos += 1
         n_styles = int(prng.integers(2, 7))
         chosen = sorted(prng.choice(len(STYLES), size=n_styles, replace=False).tolist())
         plan.styles[p.pid] = [STYLES[si] for si in chosen]
         for si in chosen:
             st = STYLES[si]
-            plan.jobs.append(DrawnJob((seed, code, 12, p.pid, si), p,
-                                      os.path.join(root, "sketch", st, p.split, market_sketch_name(p.pid, st)),
-                                      st))
+            sketch = Path(root, "sketch", st, p.split, market_sketch_name(p.pid, st))
+            plan.jobs.append(DrawnJob((seed, code, 12, p.pid, si), p, str(sketch), st))
             plan.sketches += 1
     plan.mats["market_attribute.mat"] = market_attribute_struct(people)
     return plan
@@ -327,19 +330,22 @@ def _plan_pku(seed: int, scale: float, root: str) -> Plan:
         frames = prng.integers(1, 30001, size=2)
         for k, cam, frame in zip((1, 2), cams, frames):
             fname = f"{p.pid}_{cam:02d}_{int(frame)}.jpg"
-            plan.jobs.append(PhotoJob((seed, code, 10, p.pid, k), p, os.path.join(root, "photo", fname)))
+            plan.jobs.append(PhotoJob((seed, code, 10, p.pid, k), p,
+                                      str(Path(root, "photo", fname))))
             crng = _rng(seed, code, 11, p.pid, k)
             lines.append(f"{p.pid}/{fname}@{caption_cuhk(p, crng)}")
         si = style_of[p.pid]
         plan.styles[p.pid] = [STYLES[si]]
         plan.jobs.append(DrawnJob((seed, code, 12, p.pid, si), p,
-                                  os.path.join(root, "sketch", f"{p.pid}.jpg"), STYLES[si]))
+                                  str(Path(root, "sketch", f"{p.pid}.jpg")), STYLES[si]))
     plan.photos, plan.sketches = 2 * len(people), len(people)
     # the released file starts with a UTF-8 byte-order mark and ends its lines with CRLF
-    plan.texts["TriReID.txt"] = ("\ufeff" + "".join(line + "\r\n" for line in lines)).encode("utf-8")
+    trireid = "\ufeff" + "".join(line + "\r\n" for line in lines)
+    plan.texts["TriReID.txt"] = trireid.encode("utf-8")
     for si, style in enumerate(PKU_STYLES):
         pids = [p.pid for p in people if style_of[p.pid] == si]
-        plan.texts[f"styleAnnotation/{style.lower()}_{len(pids)}.txt"] = "".join(f"{i}\n" for i in pids)
+        rel = f"styleAnnotation/{style.lower()}_{len(pids)}.txt"
+        plan.texts[rel] = "".join(f"{i}\n" for i in pids)
     return plan
 
 
@@ -354,6 +360,6 @@ def plan_dataset(name: str, seed: int = 0, scale: float = 1.0, root: str = "") -
     return _plan_pedes(name, seed, scale, root)
 
 
-def people(name: str, seed: int = 0, scale: float = 1.0) -> List[Person]:
+def people(name: str, seed: int = 0, scale: float = 1.0) -> list[Person]:
     """The people of dataset ``name`` as :func:`generate` draws them."""
     return plan_dataset(name, seed, scale).people

@@ -6,7 +6,6 @@ code, ...)``, so who is in a dataset does not depend on what else is generated.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -85,17 +84,17 @@ class Person:
     group: int
     split: str
     sil: Silhouette
-    top: Tuple[str, ...]     # one or two colours (UP_COLOURS; a dress: its colour)
+    top: tuple[str, ...]     # one or two colours (UP_COLOURS; a dress: its colour)
     lower_colour: str        # DOWN_COLOURS (a dress: same as top)
     shoes: str
     bag_colour: str
     hat_colour: str
 
-    def colours(self) -> Tuple:
+    def colours(self) -> tuple:
         """The colour facts that tell group members apart."""
         return (self.top, self.lower_colour)
 
-    def market_attributes(self) -> Dict[str, int]:
+    def market_attributes(self) -> dict[str, int]:
         """Market-1501 attribute coding of this person (1 = no, 2 = yes, ...)."""
         s = self.sil
         yes = lambda flag: 2 if flag else 1  # noqa: E731
@@ -208,7 +207,7 @@ def _sample_colours(rng: np.random.Generator, sil: Silhouette) -> dict:
                 bag_colour=_pick(rng, BAG_COLOURS), hat_colour=_pick(rng, UP_COLOURS))
 
 
-def _group_sizes(rng: np.random.Generator, n: int) -> List[int]:
+def _group_sizes(rng: np.random.Generator, n: int) -> list[int]:
     """Split ``n`` (>= 2) people into groups of 2..4."""
     sizes, left = [], n
     while left > 0:
@@ -223,7 +222,7 @@ def _group_sizes(rng: np.random.Generator, n: int) -> List[int]:
     return sizes
 
 
-def make_groups(seed: int, dataset: str, n: int) -> List[List[dict]]:
+def make_groups(seed: int, dataset: str, n: int) -> list[list[dict]]:
     """Groups of people (silhouette + colours), before ids and splits are given."""
     code = _CODES[dataset]
     rng = _rng(seed, code, 0)

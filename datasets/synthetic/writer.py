@@ -10,9 +10,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -32,7 +32,7 @@ IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
 
 def _save(img: Image.Image, path: str) -> None:
     """Write ``img`` in the format its file suffix names (JPEG at ``JPEG_QUALITY``)."""
-    suffix = os.path.splitext(path)[1].lower()
+    suffix = Path(path).suffix.lower()
     if suffix not in IMAGE_FORMATS:
         raise ValueError(f"{path}: cannot tell the image format from {suffix!r}; "
                          f"expected one of {', '.join(IMAGE_FORMATS)}")
@@ -58,40 +58,40 @@ def _run_job(job: Job) -> None:
         raise TypeError(f"not an image job: {job!r}")
 
 
-def _dirs_of(plan: Plan) -> Iterable[str]:
+def _dirs_of(plan: Plan) -> Iterable[Path]:
     seen = set()
     for job in plan.jobs:
         for path in job.paths:
-            d = os.path.dirname(path)
+            d = Path(path).parent
             if d not in seen:
                 seen.add(d)
                 yield d
 
 
-def _write_meta(plan: Plan, root: str) -> None:
+def _write_meta(plan: Plan, root: Path) -> None:
     from scipy.io import savemat
 
     for rel, content in plan.texts.items():
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):     # exact bytes (byte-order mark, CRLF)
-            with open(path, "wb") as fh:
+            with path.open("wb") as fh:
                 fh.write(content)
             continue
-        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        with path.open("w", encoding="utf-8", newline="\n") as fh:
             if isinstance(content, str):
                 fh.write(content)
             else:
                 json.dump(content, fh, indent=1, ensure_ascii=False)
                 fh.write("\n")
     for rel, content in plan.mats.items():
-        savemat(os.path.join(root, rel), content, do_compression=False, oned_as="row")
-        _clear_mat_timestamp(os.path.join(root, rel))
+        savemat(str(root / rel), content, do_compression=False, oned_as="row")
+        _clear_mat_timestamp(root / rel)
 
 
-def _clear_mat_timestamp(path: str) -> None:
+def _clear_mat_timestamp(path: Path) -> None:
     """MAT files carry a creation date in their text header: blank it for reproducibility."""
-    with open(path, "r+b") as fh:
+    with path.open("r+b") as fh:
         header = fh.read(116)
         text = header.split(b"\x00")[0].rstrip(b" ")
         fixed = b"MATLAB 5.0 MAT-file Platform: posix, Created by: datasets.synthetic"
@@ -108,11 +108,11 @@ def _summary(plan: Plan, path: str, status: str, seed: int, scale: float) -> dic
 
 
 def _folder_size(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    return sum((Path(d) / f).stat().st_size for d, _, fs in os.walk(path) for f in fs)
 
 
-def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Optional[Sequence[str]] = None,
-             overwrite: bool = False, workers: Optional[int] = None) -> Dict[str, dict]:
+def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Sequence[str] | None = None,
+             overwrite: bool = False, workers: int | None = None) -> dict[str, dict]:
     """Write the synthetic datasets under ``out_dir``; return a summary per dataset.
 
     Each entry has ``status`` (``generated``, ``skipped`` when a finished folder
@@ -132,8 +132,8 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Optional[Sequ
         raise ValueError("scale must be positive")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: Dict[str, dict] = {}
-    todo: List[Tuple[Plan, Path, Path]] = []
+    summary: dict[str, dict] = {}
+    todo: list[tuple[Plan, Path, Path]] = []
     for nm in names:
         final = out / FOLDERS[nm]
         marker = final / MARKER
@@ -155,7 +155,8 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Optional[Sequ
             elif not overwrite:
                 if (info.get("seed"), info.get("scale")) != (seed, scale):
                     log.warning("%s was generated with seed=%s scale=%s; keeping it "
-                                "(use --overwrite to regenerate)", final, info.get("seed"), info.get("scale"))
+                                "(use --overwrite to regenerate)",
+                                final, info.get("seed"), info.get("scale"))
                 else:
                     log.info("%s is complete: skipped", final)
                 info.update(status="skipped", folder=str(final))
@@ -166,7 +167,7 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Optional[Sequ
             shutil.rmtree(tmp)
         plan = plan_dataset(nm, seed, scale, str(tmp))
         for d in _dirs_of(plan):
-            os.makedirs(d, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True)
         todo.append((plan, tmp, final))
 
     jobs = [job for plan, _, _ in todo for job in plan.jobs]
@@ -183,27 +184,29 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Optional[Sequ
                  time.perf_counter() - start, n_workers)
 
     for plan, tmp, final in todo:
-        _write_meta(plan, str(tmp))
+        _write_meta(plan, tmp)
         info = _summary(plan, str(final), "generated", seed, scale)
         info["format"] = FORMAT_VERSION
-        with open(tmp / MARKER, "w", encoding="utf-8") as fh:
-            json.dump({k: v for k, v in info.items() if k not in ("status", "folder")}, fh, indent=1)
+        with (tmp / MARKER).open("w", encoding="utf-8") as fh:
+            json.dump({k: v for k, v in info.items() if k not in ("status", "folder")}, fh,
+                      indent=1)
             fh.write("\n")
         if final.exists():            # only ever our own folder (checked above)
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        tmp.replace(final)
         log.info("%s: %d people, %d photos, %d sketches", final, len(plan.people),
                  plan.photos, plan.sketches)
         summary[plan.name] = info
     return {nm: summary[nm] for nm in names}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.synthetic",
         description="Write small procedural stand-ins for CUHK-PEDES, ICFG-PEDES, RSTPReid, "
                     "Market-Sketch-1K and PKU-Sketch in their real layouts.")
-    parser.add_argument("--out", default="data/synthetic", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="data/synthetic",
+                        help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiplies the number of people (default: %(default)s)")
