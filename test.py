@@ -3,12 +3,16 @@
     python test.py --checkpoint outputs/TriPEDES_pretrain/checkpoint_best.pth
     python test.py --checkpoint outputs/Market_finetune/checkpoint_best.pth data.root=/data
     python test.py --checkpoint outputs/PKU_finetune      # every trial_<t>/, mean and std
+    python test.py --checkpoint checkpoint/ViT-B-16.pt data.dataset=cuhk-pedes   # zero-shot
 
 The model is rebuilt from the config stored in the checkpoint; KEY=VALUE overrides it (e.g.
 ``data.root``, ``device``, ``test.batch_size``). Results go to ``results.json`` beside the
 checkpoint, or into ``output_dir=<folder>`` when given, with ``queries.json``: every query's
 image, person id and the exact text of each text-bearing task. Checkpoints written by the
-paper's own code (InteractReID) are read too.
+paper's own code (InteractReID) and exported weights (``python -m utils.export``) are read
+too. A file of CLIP weights (OpenAI's, a state dict, open_clip's) is evaluated zero-shot on
+the stage-1 tasks (text->image, sketch->image), the first row of a results table; its
+results go to ``outputs/zero_shot_<file name>/`` unless ``output_dir`` is given.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pathlib import Path
 from engine.evaluation import METRICS, format_table, results_rows
 from engine.stages import stage_for
 from engine.visualize import line_plot, rank_sheet
+from model.clip import read_checkpoint_file
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config, to_plain
 from utils.distributed import resolve_device
@@ -46,8 +51,39 @@ def checkpoints_to_evaluate(path: Path) -> list:
                     "train first or give a checkpoint file")
 
 
+def holds_clip_weights(path: Path) -> bool:
+    """Whether ``path`` is a file of CLIP weights rather than a checkpoint of a run."""
+    try:
+        state = read_checkpoint_file(path)
+    except UserError:
+        return False
+    return "visual.conv1.weight" in state and "token_embedding.weight" in state
+
+
+def evaluate_zero_shot(path: Path, overrides: list, examples: bool = True) -> tuple:
+    """CLIP as it comes, on the stage-1 tasks of ``data.dataset``."""
+    cfg = load_config(None, [*overrides, f"model.pretrained={path}"])
+    stage = stage_for("adapt")
+    if cfg.data.dataset not in stage.datasets:
+        raise UserError(f"{path} holds CLIP weights, which are tested zero-shot on the stage-1 "
+                        f"tasks only (data.dataset={'|'.join(stage.datasets)}); "
+                        f"{cfg.data.dataset} needs a stage-2 checkpoint (train_token.py)")
+    device = resolve_device(cfg.device)
+    model = stage.zero_shot_model(cfg).to(device).eval()
+    log.info("evaluating %s zero-shot (CLIP weights, no training) on %s", path,
+             cfg.data.dataset)
+    count = cfg.test.visualize if examples else 0
+    results = stage.evaluate(model, cfg, "test", device, None, examples=count, queries=True)
+    return {**results, "zero_shot": True}, cfg
+
+
 def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool = True) -> tuple:
-    checkpoint = load_checkpoint(path)
+    try:
+        checkpoint = load_checkpoint(path)
+    except UserError:
+        if not holds_clip_weights(path):
+            raise
+        return evaluate_zero_shot(path, overrides, examples)
     cfg = load_config(None, overrides, base=checkpoint["config"])
     stage = stage_for(checkpoint["stage"])
     model = stage.model_from_checkpoint(checkpoint, cfg, str(path))
@@ -104,7 +140,12 @@ def main(argv=None) -> dict:
     results["checkpoint"] = str(path)
     results["config"] = to_plain(runs[0][2])
     given = any(item.startswith("output_dir=") for item in args.overrides)
-    output_dir = Path(runs[0][2].output_dir) if given else (path if path.is_dir() else path.parent)
+    if given:
+        output_dir = Path(runs[0][2].output_dir)
+    elif results.get("zero_shot"):
+        output_dir = Path("outputs") / f"zero_shot_{path.stem}"
+    else:
+        output_dir = path if path.is_dir() else path.parent
     output_dir.mkdir(parents=True, exist_ok=True)
     title = f"{results['dataset']} test"
     if len(runs) > 1:

@@ -165,6 +165,10 @@ class AdaptStage(Stage):
     def build_model(self, cfg, train_set) -> AdaptModel:
         return AdaptModel(clip_from_pretrained(cfg), cfg.loss, train_set.num_classes())
 
+    def zero_shot_model(self, cfg) -> AdaptModel:
+        """CLIP as ``model.pretrained`` gives it, for zero-shot evaluation."""
+        return AdaptModel(clip_from_pretrained(cfg), cfg.loss, num_classes=0)
+
     def model_from_checkpoint(self, checkpoint: dict, cfg, source: str) -> AdaptModel:
         return adapt_model_from_checkpoint(checkpoint, cfg, source)
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.sampler import EpochSampler
+from engine import training_log
 from engine.evaluation import format_table, results_rows
 from utils import distributed
 from utils.checkpoint import (
@@ -68,11 +69,12 @@ def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        scale = next((value for prefix, value in lr_scales.items() if name.startswith(prefix)),
-                     1.0)
+        prefix = next((prefix for prefix in lr_scales if name.startswith(prefix)), None)
+        scale = lr_scales[prefix] if prefix else 1.0
         decay = parameter.ndim >= 2
         key = (scale, decay)
-        groups.setdefault(key, {"params": [], "lr_scale": scale,
+        group_name = (prefix or "model.").rstrip(".") + ("" if decay else "/no_decay")
+        groups.setdefault(key, {"params": [], "lr_scale": scale, "name": group_name,
                                 "weight_decay": cfg.train.weight_decay if decay else 0.0})
         groups[key]["params"].append(parameter)
     fused = all(p.is_cuda for group in groups.values() for p in group["params"])
@@ -237,6 +239,7 @@ class Trainer:
         self.device = distributed.init_distributed(cfg.device)
         self.main = distributed.is_main()
         self.output_dir = prepare_output_dir(cfg)
+        training_log.check(cfg)
         setup_logging(None, self.main)
         seed_everything(cfg.seed + distributed.rank())
 
@@ -275,6 +278,8 @@ class Trainer:
                 save_config(cfg, self.output_dir / "config.yaml")
         distributed.barrier()
         setup_logging(self.output_dir, self.main)
+        self.training_log = (training_log.TrainingLog(cfg, self.output_dir, self.step,
+                                                      self.global_batch) if self.main else None)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
         log.info("%s: %d training samples, %s parameters trainable, %s frozen, device %s, "
@@ -296,19 +301,24 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         history = None
-        with PreemptionGuard() as guard:
-            while self.epoch < cfg.train.epochs:
-                finished = self._train_epoch(guard)
-                if not finished:
+        try:
+            with PreemptionGuard() as guard:
+                while self.epoch < cfg.train.epochs:
+                    finished = self._train_epoch(guard)
+                    if not finished:
+                        self._save("checkpoint_last.pth")
+                        log.info("stopped by %s at epoch %d step %d; checkpoint saved, resume "
+                                 "with train.resume=true", guard.requested, self.epoch + 1,
+                                 self.step)
+                        raise SystemExit(143 if guard.requested == "SIGTERM" else 130)
+                    self.epoch += 1
+                    last = self.epoch == cfg.train.epochs
+                    if last or self.epoch % cfg.train.eval_every == 0:
+                        history = self._evaluate_and_select()
                     self._save("checkpoint_last.pth")
-                    log.info("stopped by %s at epoch %d step %d; checkpoint saved, resume with "
-                             "train.resume=true", guard.requested, self.epoch + 1, self.step)
-                    raise SystemExit(143 if guard.requested == "SIGTERM" else 130)
-                self.epoch += 1
-                last = self.epoch == cfg.train.epochs
-                if last or self.epoch % cfg.train.eval_every == 0:
-                    history = self._evaluate_and_select()
-                self._save("checkpoint_last.pth")
+        finally:
+            if self.training_log is not None:
+                self.training_log.close()
         return history or {}
 
     def _micro_batch_groups(self, loader):
@@ -359,7 +369,10 @@ class Trainer:
             self.step += 1
             if self.main:
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-                if self.step % cfg.train.log_every == 0:
+                if self.training_log.due(self.step):
+                    self.training_log.write(
+                        self.step, self.step / self.steps_per_epoch, loss.item(), losses,
+                        self.optimizer, float(self.model.logit_scale().detach()), self.device)
                     log.info("epoch %d step %d lr %.3e loss %.4f (%s)", self.epoch + 1, self.step,
                              lr, loss.item(),
                              " ".join(f"{k} {v.item():.4f}" for k, v in losses.items()))
@@ -380,6 +393,7 @@ class Trainer:
             started = time.time()
             select_on = self.select_on
             record["test"] = stage.evaluate(model, cfg, "test", self.device, self.trial)
+            self.training_log.evaluation(self.step, results_rows(record["test"]), "test")
             log.info("\n%s", format_table(results_rows(record["test"]),
                                           f"epoch {self.epoch} test"))
             if select_on != "test":

@@ -1,6 +1,8 @@
-"""Pictures for people: ranked photos for a query, and metrics over feedback rounds."""
+"""Pictures for people: ranked photos for a query, metrics over feedback rounds, and
+training curves."""
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,3 +88,73 @@ def line_plot(series: dict, x_values: Sequence, x_label: str, path: Path,
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         draw.text((right - 90, upper + 16 * index), name, fill=colour, font=font)
     image.save(path)
+
+
+PALETTE = [(40, 90, 200), (210, 90, 30), (30, 150, 60), (150, 40, 160), (200, 160, 0),
+           (0, 150, 160), (120, 120, 120)]
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list:
+    """About ``count`` round tick values covering [low, high]."""
+    span = (high - low) or abs(high) or 1.0
+    raw = span / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.floor(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step) + 2)]
+
+
+def curve_panel(series: dict, title: str, x_label: str, size=(640, 300)) -> Image.Image:
+    """A line chart of ``series`` {name: (xs, ys)} with axes fitted to the data."""
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = _font(12)
+    left, right, upper, lower = 60, width - 150, 28, height - 40
+    points = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys)
+              if y is not None and math.isfinite(y)]
+    draw.text((left, 6), title, fill="black", font=font)
+    draw.line([left, upper, left, lower, right, lower], fill="black", width=1)
+    draw.text(((left + right) // 2 - 20, height - 18), x_label, fill="black", font=font)
+    if not points:
+        draw.text((left + 10, (upper + lower) // 2), "no data", fill="black", font=font)
+        return image
+    x_low, x_high = min(p[0] for p in points), max(p[0] for p in points)
+    y_ticks = _ticks(min(p[1] for p in points), max(p[1] for p in points))
+    y_low, y_high = y_ticks[0], y_ticks[-1]
+    x_span, y_span = (x_high - x_low) or 1.0, (y_high - y_low) or 1.0
+
+    def at(x, y):
+        return (left + (right - left) * (x - x_low) / x_span,
+                lower - (lower - upper) * (y - y_low) / y_span)
+
+    for tick in y_ticks:
+        _, y = at(x_low, tick)
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.text((6, y - 7), f"{tick:g}", fill="black", font=font)
+    for tick in _ticks(x_low, x_high):
+        if x_low <= tick <= x_high:
+            x, _ = at(tick, y_low)
+            draw.line([x, lower, x, lower + 4], fill="black")
+            draw.text((x - 8, lower + 6), f"{tick:g}", fill="black", font=font)
+    for index, (name, (xs, ys)) in enumerate(series.items()):
+        colour = PALETTE[index % len(PALETTE)]
+        line = [at(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        elif line:
+            x, y = line[0]
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.text((right + 10, upper + 16 * index), name, fill=colour, font=font)
+    return image
+
+
+def stack(images: Sequence[Image.Image]) -> Image.Image:
+    """Images one below the other, on white."""
+    width = max(image.width for image in images)
+    sheet = Image.new("RGB", (width, sum(image.height for image in images)), "white")
+    top = 0
+    for image in images:
+        sheet.paste(image, (0, top))
+        top += image.height
+    return sheet

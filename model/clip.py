@@ -1,16 +1,23 @@
 """CLIP image and text towers (Radford et al., "Learning Transferable Visual Models
-From Natural Language Supervision", ICML 2021), with loading of OpenAI checkpoints.
+From Natural Language Supervision", ICML 2021), with loading of OpenAI and open_clip files.
 
 The module layout mirrors OpenAI's checkpoint keys, so their weights load strictly:
 ``visual.*`` is the ViT image tower; ``token_embedding``, ``positional_embedding``,
-``transformer``, ``ln_final`` and ``text_projection`` form the text tower.
+``transformer``, ``ln_final`` and ``text_projection`` form the text tower. open_clip's ViT
+models (Cherti et al., "Reproducible scaling laws for contrastive language-image learning",
+CVPR 2023) use the same names.
 
-Entry point: ``load_clip(path, image_size=(H, W), context_length=77)``.
+The MLP activation is part of the architecture and cannot be read from the keys: OpenAI's
+weights need QuickGELU, open_clip's LAION/DataComp-trained ones plain GELU.
+
+Entry point: ``load_clip(path, image_size=(H, W), context_length=77, quick_gelu=None)``.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -28,6 +35,27 @@ from utils.errors import UNREADABLE_FILE_ERRORS, UserError
 # OpenAI's TorchScript archives carry these scalars next to the weights.
 ARCHIVE_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 HEAD_WIDTH = 64  # OpenAI's CLIP uses one attention head per 64 channels
+
+# open_clip's files, whose activation the weights do not record: a suffix that OpenAI's
+# releases never use (open_clip_pytorch_model.bin, open_clip_model.safetensors on the Hugging
+# Face hub), a name starting with open_clip, or its trainer's {"state_dict": ...} checkpoints.
+OPEN_CLIP_SUFFIXES = (".bin", ".safetensors")
+# open_clip's CustomTextCLIP keeps the text tower under ``text.``; OpenAI's names are flat.
+OPEN_CLIP_TEXT_TOWER = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.",
+                        "text_projection")
+# Entries of open_clip state dicts that hold no weight of the towers, dropped on loading:
+# the causal mask (rebuilt here) and SigLIP's logit bias (a loss parameter; features do not
+# use it).
+OPEN_CLIP_DROPPED_KEYS = ("attn_mask", "text.attn_mask", "logit_bias")
+# The names of OpenAI's layout (either tower); anything else is named when sizes cannot be read.
+OPENAI_KEY = re.compile(
+    r"(visual\.)?(transformer\.resblocks\.\d+\.(ln_[12]|attn\.in_proj_weight|attn\.in_proj_bias"
+    r"|attn\.out_proj|mlp\.c_fc|mlp\.c_proj)|conv1|class_embedding|positional_embedding|ln_pre"
+    r"|ln_post|proj|token_embedding|ln_final|text_projection|logit_scale)(\.weight|\.bias)?")
+QUICK_GELU_HINT = ("model.quick_gelu=false for LAION/DataComp-trained weights (e.g. ViT-B-16 "
+                   "laion2b_s34b_b88k), model.quick_gelu=true for OpenAI-trained ones")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError):
@@ -73,15 +101,17 @@ class SelfAttention(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); the MLP's
+    activation is QuickGELU (OpenAI's weights) or the exact GELU (open_clip's LAION ones)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, quick_gelu: bool):
         super().__init__()
         self.ln_1 = LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict(
-            c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU(), c_proj=nn.Linear(4 * width, width)))
+            c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU() if quick_gelu else nn.GELU(),
+            c_proj=nn.Linear(4 * width, width)))
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal)
@@ -91,10 +121,11 @@ class ResidualBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of residual blocks, optionally with activation checkpointing."""
 
-    def __init__(self, width: int, layers: int, heads: int, causal: bool):
+    def __init__(self, width: int, layers: int, heads: int, causal: bool, quick_gelu: bool):
         super().__init__()
         self.width, self.layers, self.causal = width, layers, causal
-        self.resblocks = nn.ModuleList(ResidualBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualBlock(width, heads, quick_gelu)
+                                       for _ in range(layers))
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +141,7 @@ class VisionTransformer(nn.Module):
     """ViT image tower: patchify, prepend the class token, transformer, project the class token."""
 
     def __init__(self, image_size: Sequence[int], patch_size: int, width: int, layers: int,
-                 output_dim: int):
+                 output_dim: int, quick_gelu: bool):
         super().__init__()
         self.image_size = tuple(image_size)
         self.patch_size = patch_size
@@ -121,7 +152,8 @@ class VisionTransformer(nn.Module):
         num_positions = self.grid_size[0] * self.grid_size[1] + 1
         self.positional_embedding = nn.Parameter(scale * torch.randn(num_positions, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, width // HEAD_WIDTH, causal=False)
+        self.transformer = Transformer(width, layers, width // HEAD_WIDTH, causal=False,
+                                       quick_gelu=quick_gelu)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -136,7 +168,8 @@ class VisionTransformer(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ClipArchitecture:
-    """Every size of a CLIP ViT model; read from a state dict by ``infer_architecture``."""
+    """Every size of a CLIP ViT model, read from a state dict by ``infer_architecture``, and
+    its activation, which the state dict cannot tell."""
 
     embed_dim: int
     patch_size: int
@@ -147,6 +180,7 @@ class ClipArchitecture:
     text_layers: int
     vocab_size: int
     pretrained_context_length: int
+    quick_gelu: bool  # MLP activation: QuickGELU (OpenAI's weights) or GELU
 
 
 class CLIP(nn.Module):
@@ -157,11 +191,12 @@ class CLIP(nn.Module):
         self.arch = arch
         self.context_length = context_length
         self.visual = VisionTransformer(image_size, arch.patch_size, arch.vision_width,
-                                        arch.vision_layers, arch.embed_dim)
+                                        arch.vision_layers, arch.embed_dim, arch.quick_gelu)
         self.token_embedding = nn.Embedding(arch.vocab_size, arch.text_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, arch.text_width))
         self.transformer = Transformer(arch.text_width, arch.text_layers,
-                                       arch.text_width // HEAD_WIDTH, causal=True)
+                                       arch.text_width // HEAD_WIDTH, causal=True,
+                                       quick_gelu=arch.quick_gelu)
         self.ln_final = LayerNorm(arch.text_width)
         self.text_projection = nn.Parameter(torch.empty(arch.text_width, arch.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -238,18 +273,25 @@ class CLIP(nn.Module):
 
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor],
-                       grid: Sequence[int] | None = None) -> ClipArchitecture:
+                       grid: Sequence[int] | None = None,
+                       quick_gelu: bool = True) -> ClipArchitecture:
     """Read every size of a ViT CLIP from the shapes of its OpenAI-layout state dict.
 
     ``grid`` (rows, cols) is needed only for a non-square position grid (a fine-tuned model
-    saved at e.g. 384x128); OpenAI's grids are square.
+    saved at e.g. 384x128); OpenAI's grids are square. ``quick_gelu`` is the activation,
+    which no shape tells (OpenAI's QuickGELU unless the weights were trained with GELU).
     """
     required = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj",
                 "token_embedding.weight", "positional_embedding", "text_projection")
     missing = [key for key in required if key not in state_dict]
     if missing:
-        hint = (" (a ResNet CLIP? only ViT image towers are supported)"
-                if "visual.layer1.0.conv1.weight" in state_dict else "")
+        if "visual.layer1.0.conv1.weight" in state_dict:
+            hint = " (a ResNet CLIP? only ViT image towers are supported)"
+        else:
+            foreign = sorted({".".join(key.split(".")[:2]) + ".*" for key in state_dict
+                              if not OPENAI_KEY.fullmatch(key)})
+            hint = (f"; it has {', '.join(foreign[:8])} instead (only ViT towers in OpenAI's "
+                    "layout are supported)" if foreign else "")
         raise CheckpointError(f"not an OpenAI ViT CLIP state dict: missing {', '.join(missing)}"
                               f"{hint}")
     conv = state_dict["visual.conv1.weight"]  # [width, 3, patch, patch]
@@ -276,31 +318,92 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor],
         text_layers=count_layers("transformer.resblocks."),
         vocab_size=state_dict["token_embedding.weight"].shape[0],
         pretrained_context_length=state_dict["positional_embedding"].shape[0],
+        quick_gelu=quick_gelu,
     )
 
 
-def read_checkpoint_file(path: str | Path) -> dict:
-    """Read an OpenAI CLIP file: their TorchScript archive or a plain state dict (any dtype).
+@dataclasses.dataclass(frozen=True)
+class ClipFile:
+    """The weights of a CLIP file in OpenAI's layout, and what kind of file held them:
+    ``archive`` (OpenAI's TorchScript release), ``state_dict`` (a plain torch state dict) or
+    ``open_clip`` (open_clip's files, whose activation is not recorded)."""
 
-    Only the TorchScript archive goes through ``torch.jit.load``; everything else is read
-    with ``torch.load(weights_only=True)``, which never runs code from the file.
+    state_dict: dict
+    kind: str
+
+
+def read_clip_file(path: str | Path) -> ClipFile:
+    """Read a CLIP file: OpenAI's TorchScript archive, a plain state dict (any dtype), or
+    open_clip's ``.bin`` / ``.safetensors`` / trainer checkpoint (its keys mapped to OpenAI's).
+
+    Only the TorchScript archive goes through ``torch.jit.load``; torch pickles are read with
+    ``torch.load(weights_only=True)`` and ``.safetensors`` with ``safetensors``, neither of
+    which runs code from the file.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"CLIP checkpoint not found: {path} (expected the OpenAI file, "
-                              "e.g. checkpoint/ViT-B-16.pt)")
-    try:
-        if _is_torchscript_archive(path):
-            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except UNREADABLE_FILE_ERRORS as error:
-        raise CheckpointError(f"cannot read CLIP checkpoint {path}: not a TorchScript archive or "
-                              f"a state dict ({str(error).splitlines()[0][:200]})") from None
+                              "e.g. checkpoint/ViT-B-16.pt, or open_clip's file)")
+    kind = ("open_clip" if path.suffix in OPEN_CLIP_SUFFIXES or path.name.startswith("open_clip")
+            else "state_dict")
+    if path.suffix == ".safetensors":
+        state_dict = _read_safetensors(path)
+    else:
+        try:
+            if _is_torchscript_archive(path):
+                kind = "archive"
+                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+            else:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except UNREADABLE_FILE_ERRORS as error:
+            raise CheckpointError(f"cannot read CLIP checkpoint {path}: not a TorchScript "
+                                  f"archive or a state dict "
+                                  f"({str(error).splitlines()[0][:200]})") from None
+    if isinstance(state_dict, Mapping) and isinstance(state_dict.get("state_dict"), Mapping):
+        kind, state_dict = "open_clip", state_dict["state_dict"]  # open_clip's trainer
     if not isinstance(state_dict, Mapping) or not all(
             isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise CheckpointError(f"{path} does not hold a CLIP state dict (name -> tensor)")
-    return dict(state_dict)
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    if kind == "open_clip":
+        state_dict = _from_open_clip_layout(state_dict)
+    return ClipFile(state_dict, kind)
+
+
+def read_checkpoint_file(path: str | Path) -> dict:
+    """The state dict of a CLIP file in OpenAI's layout (see ``read_clip_file``)."""
+    return read_clip_file(path).state_dict
+
+
+def _read_safetensors(path: Path) -> dict:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"{path}: reading .safetensors needs the safetensors package "
+                              "(pip install safetensors)") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, *UNREADABLE_FILE_ERRORS) as error:
+        raise CheckpointError(f"cannot read CLIP checkpoint {path}: not a safetensors file "
+                              f"({str(error).splitlines()[0][:200]})") from None
+
+
+def _from_open_clip_layout(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """open_clip's ViT state dict -> OpenAI's names. Its plain CLIP uses OpenAI's names
+    already; CustomTextCLIP keeps the text tower under ``text.``; a scalar may be saved as
+    [1]. Anything else (a timm or Hugging Face tower, attention pooling) is left for strict
+    loading to name."""
+    converted = {}
+    for key, value in state_dict.items():
+        if key in OPEN_CLIP_DROPPED_KEYS:
+            continue
+        if key.startswith("text.") and key[len("text."):].startswith(OPEN_CLIP_TEXT_TOWER):
+            key = key[len("text."):]
+        if key == "logit_scale":
+            value = value.reshape(())
+        converted[key] = value
+    return converted
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -311,16 +414,37 @@ def _is_torchscript_archive(path: Path) -> bool:
                    for name in archive.namelist())
 
 
+def resolve_quick_gelu(clip_file: ClipFile, path: str | Path, quick_gelu: bool | None) -> bool:
+    """The activation of a CLIP file's weights: ``quick_gelu`` (``model.quick_gelu``) where
+    given, else what the kind of file implies; open_clip's files need it given."""
+    if clip_file.kind == "archive":
+        if quick_gelu is False:
+            raise CheckpointError(f"{path} is OpenAI's TorchScript archive, trained with "
+                                  "QuickGELU: model.quick_gelu=false does not fit it (leave it "
+                                  "null or set it true)")
+        return True
+    if quick_gelu is not None:
+        return bool(quick_gelu)
+    if clip_file.kind == "open_clip":
+        raise CheckpointError(f"{path} is an open_clip file, whose weights do not say which "
+                              f"activation they were trained with: set {QUICK_GELU_HINT}")
+    log.info("%s: a plain state dict, taken as QuickGELU (OpenAI's activation); set "
+             "model.quick_gelu=false if it was trained with GELU", path)
+    return True
+
+
 def build_clip(state_dict: Mapping[str, torch.Tensor], image_size: Sequence[int] = (224, 224),
-               context_length: int = 77, source_grid: Sequence[int] | None = None) -> CLIP:
+               context_length: int = 77, source_grid: Sequence[int] | None = None,
+               quick_gelu: bool = True) -> CLIP:
     """Build a CLIP from an OpenAI-layout state dict and load it strictly.
 
     The vision position grid (``source_grid``, square if not given) is resampled to
     ``image_size`` and the text positions to ``context_length`` when they differ.
+    ``quick_gelu`` is the activation the weights were trained with (OpenAI's by default).
     """
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()
                   if key not in ARCHIVE_METADATA_KEYS}
-    arch = infer_architecture(state_dict, source_grid)
+    arch = infer_architecture(state_dict, source_grid, quick_gelu)
     image_size = tuple(int(side) for side in image_size)
     if len(image_size) != 2 or any(side % arch.patch_size for side in image_size):
         raise CheckpointError(f"image_size {list(image_size)} must be [H, W], both multiples of "
@@ -336,14 +460,33 @@ def build_clip(state_dict: Mapping[str, torch.Tensor], image_size: Sequence[int]
 
 
 def load_clip(path: str | Path, image_size: Sequence[int] = (224, 224),
-              context_length: int = 77) -> CLIP:
-    """Build CLIP from an OpenAI checkpoint file (TorchScript archive or state dict), in fp32."""
+              context_length: int = 77, quick_gelu: bool | None = None) -> CLIP:
+    """Build CLIP from an OpenAI or open_clip file, in fp32.
+
+    ``quick_gelu``: the activation (``model.quick_gelu``); None takes QuickGELU for OpenAI's
+    archive and plain state dicts (saying so in the log) and refuses open_clip's files, whose
+    activation only the person who chose them knows. The result's ``arch.quick_gelu`` is the
+    activation used.
+    """
     try:
-        return build_clip(read_checkpoint_file(path), image_size, context_length)
+        clip_file = read_clip_file(path)
+        quick_gelu = resolve_quick_gelu(clip_file, path, quick_gelu)
     except CheckpointError as error:
-        if str(path) in str(error):
-            raise
-        raise CheckpointError(f"{path}: {error}") from None
+        raise CheckpointError(_naming(path, error)) from None
+    try:
+        return build_clip(clip_file.state_dict, image_size, context_length,
+                          quick_gelu=quick_gelu)
+    except CheckpointError as error:
+        message = _naming(path, error)
+        if clip_file.kind == "open_clip" and "OpenAI's layout" not in message:
+            message += ("; open_clip files load for its ViT models in OpenAI's layout (e.g. "
+                        "ViT-B-16, ViT-L-14)")
+        raise CheckpointError(message) from None
+
+
+def _naming(path: str | Path, error: Exception) -> str:
+    """``error``'s message, starting with ``path`` unless it names it already."""
+    return str(error) if str(path) in str(error) else f"{path}: {error}"
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],

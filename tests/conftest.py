@@ -36,7 +36,7 @@ def tiny_overrides(clip_path, data_root, output_dir, **extra):
               "output_dir": str(output_dir), "model.image_size": "[32,16]",
               "data.num_workers": 0, "train.batch_size": 8, "train.global_batch": 0,
               "train.epochs": 1,
-              "train.log_every": 1000, "test.batch_size": 64}
+              "log.every_steps": 1000, "test.batch_size": 64}
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
 

@@ -7,6 +7,7 @@ import torch
 from model.clip import CheckpointError, load_clip
 from model.pos_embed import resample_text_positions, resample_vision_positions
 from model.random_clip import PRESETS, random_clip_state_dict
+from model.random_clip import main as random_clip_main
 from model.tokenizer import tokenize
 from tests.peers import load_peer_file
 
@@ -65,7 +66,13 @@ def test_torchscript_archive_parity(tmp_path):
     archive = torch.jit.trace(peer, example, check_trace=False)
     archive.save(str(tmp_path / "ViT-test.pt"))
     model = load_clip(tmp_path / "ViT-test.pt", image_size=(32, 32)).eval()
+    assert model.arch.quick_gelu is True
     assert_same_embeddings(model, peer, (32, 32))
+    # OpenAI's archives are QuickGELU: asking for GELU is one clear line.
+    with pytest.raises(CheckpointError, match=r"ViT-test.pt is OpenAI's TorchScript archive, "
+                                              r"trained with QuickGELU: model.quick_gelu=false"):
+        load_clip(tmp_path / "ViT-test.pt", image_size=(32, 32), quick_gelu=False)
+    assert load_clip(tmp_path / "ViT-test.pt", image_size=(32, 32), quick_gelu=True).arch.quick_gelu
 
 
 def test_half_precision_file_loads_in_float32(tmp_path):
@@ -166,6 +173,26 @@ def test_unreadable_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="multiples of the patch size 8"):
         torch.save(random_clip_state_dict(PRESETS["tiny"]), tmp_path / "tiny.pt")
         load_clip(tmp_path / "tiny.pt", image_size=(30, 32))
+
+
+@pytest.mark.parametrize("name", ["open_clip_pytorch_model.bin", "open_clip_model.safetensors"])
+def test_random_clip_writes_a_gelu_model(tmp_path, name):
+    """``--gelu`` writes open_clip's form (no OpenAI metadata), loaded with quick_gelu=False."""
+    if name.endswith(".safetensors"):
+        pytest.importorskip("safetensors", reason="writing .safetensors needs safetensors")
+    random_clip_main(["--out", str(tmp_path / name), "--preset", "tiny", "--gelu"])
+    with pytest.raises(CheckpointError, match="model.quick_gelu=false"):
+        load_clip(tmp_path / name, image_size=(32, 32))
+    model = load_clip(tmp_path / name, image_size=(32, 32), quick_gelu=False)
+    assert model.arch.quick_gelu is False
+    assert isinstance(model.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    random_clip_main(["--out", str(tmp_path / "openai.pt"), "--preset", "tiny"])
+    openai = load_clip(tmp_path / "openai.pt", image_size=(32, 32))
+    assert openai.arch.quick_gelu is True
+    assert openai.state_dict().keys() == model.state_dict().keys()
+    with torch.no_grad():  # the same random weights; only the activation differs
+        images = torch.randn(2, 3, 32, 32)
+        assert not torch.allclose(openai.encode_image(images), model.encode_image(images))
 
 
 def test_vit_b16_shapes_load_and_match(tmp_path):

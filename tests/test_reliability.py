@@ -245,10 +245,11 @@ def test_wrong_stage_and_missing_checkpoints(stage1_run, market_run, tiny_clip_p
     with pytest.raises(SystemExit) as exit_info:
         test_entry.main(["--checkpoint", str(tmp_path / "missing.pth")])
     _assert_one_line(exit_info, capsys, "checkpoint not found")
-    clip_file = tmp_path / "clip.pt"
-    shutil.copy(tiny_clip_path, clip_file)
+    # A file that is neither a checkpoint nor CLIP weights (CLIP weights are run zero-shot).
+    stranger = tmp_path / "stranger.pt"
+    torch.save({"weights": torch.zeros(3)}, stranger)
     with pytest.raises(SystemExit) as exit_info:
-        test_entry.main(["--checkpoint", str(clip_file)])
+        test_entry.main(["--checkpoint", str(stranger)])
     _assert_one_line(exit_info, capsys, "is not a checkpoint of this project")
 
 

@@ -87,11 +87,13 @@ def test_pku_trials_and_their_mean(tiny_clip_path, synthetic_root, stage1_run, m
         assert results["std"]["interactive"][metric] == pytest.approx(statistics.stdev(values))
     assert (out / "results.json").is_file()
 
-    # model_test.sh: every table of the paper, then one Markdown table.
+    # model_test.sh: zero-shot CLIP, every table of the paper, then one Markdown table.
     env = {**os.environ, "ADAPT_RUN": str(stage1_run), "MARKET_RUN": str(market_run),
-           "PKU_RUN": str(out), "OUT": str(tmp_path)}
-    subprocess.run(["bash", "model_test.sh", "device=cpu"], cwd=REPO_ROOT, env=env, check=True,
+           "PKU_RUN": str(out), "OUT": str(tmp_path), "CLIP": str(tiny_clip_path)}
+    subprocess.run(["bash", "model_test.sh", "device=cpu", f"data.root={synthetic_root}",
+                    "model.image_size=[32,16]"], cwd=REPO_ROOT, env=env, check=True,
                    capture_output=True, timeout=300)
     table = (tmp_path / "results.md").read_text()
+    assert "| tri-pedes (zero_shot) | cuhk-pedes text_to_image |" in table
     assert "| rstpreid (" in table and "| mask1k (" in table and "| pku-sketch (" in table
     assert "±" in table  # PKU-Sketch: mean ± std over trials

@@ -10,6 +10,7 @@ plain dicts without running any code from the file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -62,6 +63,8 @@ def load_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict
                         f"{path / 'checkpoint_best.pth'}")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _check_stage(read_safetensors_checkpoint(path), path, expected_stage)
     try:
         with _reference_config_readable():
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -73,11 +76,43 @@ def load_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict
         raise UserError(f"{path} is not a checkpoint of this project (a dict with 'model', "
                         "'config' and 'stage') nor of the paper's reference code "
                         f"({LAYOUTS}); an OpenAI CLIP file goes in model.pretrained")
+    return _check_stage(checkpoint, path, expected_stage)
+
+
+def _check_stage(checkpoint: dict, path: Path, expected_stage: str | None) -> dict:
     if expected_stage is not None and checkpoint["stage"] != expected_stage:
         names = SCRIPT_NAMES if checkpoint.get("source") == "reference" else STAGE_NAMES
         raise UserError(f"{path} is a {names.get(checkpoint['stage'], checkpoint['stage'])} "
                         f"checkpoint; expected a {STAGE_NAMES[expected_stage]} checkpoint")
     return checkpoint
+
+
+def sidecar(path: Path) -> Path:
+    """The JSON file that carries a ``.safetensors`` checkpoint's stage, config and results."""
+    return Path(path).with_suffix(".json")
+
+
+def read_safetensors_checkpoint(path: Path) -> dict:
+    """A checkpoint exported as ``<name>.safetensors`` (the weights) + ``<name>.json``."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{path}: reading .safetensors needs the safetensors package "
+                        "(pip install safetensors)") from None
+    meta_path = sidecar(path)
+    if not meta_path.is_file():
+        raise UserError(f"{path}: its config file {meta_path} is missing (python -m "
+                        "utils.export writes both)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        state = load_file(str(path), device="cpu")
+    except (json.JSONDecodeError, SafetensorError, OSError) as error:
+        raise UserError(f"cannot read {path}: {str(error).splitlines()[0][:200]}") from None
+    if not isinstance(meta, dict) or not {"stage", "config"} <= meta.keys():
+        raise UserError(f"{meta_path} does not describe an exported checkpoint (expected "
+                        "'stage' and 'config')")
+    return {**meta, "model": state}
 
 
 def _reference_config_readable():

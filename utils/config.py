@@ -63,7 +63,26 @@ def flatten(tree: Mapping, prefix: str = "") -> dict:
     return flat
 
 
+# Keys that were renamed: a stored config (a checkpoint's) is read with the new name; given
+# by a person, the old name is an error that names the new one.
+RENAMED = {"train.log_every": "log.every_steps"}
+
+
+def _renamed(tree: Mapping) -> dict:
+    """``tree`` with every renamed key moved to its new name."""
+    flat = flatten(tree)
+    for old, new in RENAMED.items():
+        if old in flat:
+            flat.setdefault(new, flat.pop(old))
+    renamed: dict = {}
+    for key, value in flat.items():
+        set_dotted(renamed, key, value)
+    return renamed
+
+
 def _unknown_key(key: str, known: Iterable[str]) -> ConfigError:
+    if key in RENAMED:
+        return ConfigError(f"config key '{key}' is now '{RENAMED[key]}'")
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
     if not close:
         leaf = key.rsplit(".", 1)[-1]
@@ -143,8 +162,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
     overrides."""
     config = copy.deepcopy(dict(base)) if base is not None else defaults()
     if base is not None:
-        # A stored config may predate new keys: fill them from the defaults, check the rest.
-        config = merge(defaults(), config, "stored config")
+        # A stored config may predate new or renamed keys: fill them from the defaults,
+        # move renamed ones, check the rest.
+        config = merge(defaults(), _renamed(config), "stored config")
     if path is not None:
         config = merge(config, read_yaml(path), str(path))
     config = merge(config, parse_overrides(overrides), "command line")
