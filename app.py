@@ -1,18 +1,26 @@
-"""A local web page for searching a folder of photos with a drawn sketch and text feedback.
+"""A local web page for searching a folder of photos with a drawn sketch, text feedback, or
+both.
 
     python app.py --checkpoint outputs/Market_finetune/checkpoint_best.pth --gallery photos/
+    python app.py --checkpoint checkpoint/ViT-B-16.pt --gallery photos/   # zero-shot CLIP
+    python app.py --checkpoint open_clip.bin --gallery photos/ model.quick_gelu=false
     # then open http://127.0.0.1:8000/ in a browser
 
 The page (web/) lets a witness draw or upload a sketch, add feedback sentences one round at
-a time and see the best photos re-ranked after every change. It talks to a small JSON API
-served here with the standard library's ``http.server``; the gallery index and the queries
-are those of ``search.py`` (``engine.gallery.SearchEngine``):
+a time and see the best photos re-ranked after every change. A stage-2 checkpoint composes
+the sketch with the text; a stage-1 checkpoint or plain CLIP weights search by the sketch
+alone or by the text alone, never both (any model searches by text alone). The page talks
+to a small JSON API served here with the standard library's ``http.server``; the gallery
+index and the queries are those of ``search.py`` (``engine.gallery.SearchEngine``):
 
     POST /api/search   {"sketch": "<PNG/JPEG, base64 or data URL>", "feedback": [...],
-                        "topk": 10}
-                       -> {"results": [{"rank", "id", "score"}, ...], "query": "..."}
+                        "topk": 10}    (a sketch, feedback or both; null is the same as absent)
+                       -> {"results": [{"rank", "id", "score"}, ...],
+                           "query": "<the text encoded, or the sketch (image tower)>",
+                           "mode": "composed" | "sketch" | "text"}
     GET  /api/photo?id=<gallery-relative path>   the photo itself
-    GET  /api/health   -> {"ok": true, "gallery": <number of photos>}
+    GET  /api/health   -> {"ok": true, "gallery": <number of photos>,
+                           "composes": <whether sketch and text combine>, "model": <kind>}
 
 Two layers: ``SearchAPI.answer(Request)`` is the API and the page, without sockets (it
 returns an ``Answer`` or raises ``RequestError``); ``AppHandler`` reads a request off the
@@ -67,6 +75,8 @@ MAX_TOPK = 100
 MAX_ROUNDS = 20                      # feedback sentences per query
 MAX_ROUND_CHARS = 300                # characters per feedback sentence
 DRAIN_BYTES = 32 * 1024 * 1024       # of a body not read, this much is read and dropped
+NO_QUERY = ("give 'sketch' (a base64 PNG or JPEG image), 'feedback' (a list of sentences), "
+            "or both")
 # The page may only load what this server serves (no external scripts, fonts or images).
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
                "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -291,19 +301,29 @@ class SearchAPI:
 
     def search(self, request: dict) -> dict:
         """{"sketch", "feedback", "topk"} -> {"results": [{"rank", "id", "score"}, ...],
-        "query": the composed query text}."""
-        if "sketch" not in request:
-            raise RequestError(400, "missing field 'sketch' (a base64 PNG or JPEG image)")
+        "query": the text encoded (or the sketch alone, image tower), "mode"}."""
         feedback = check_feedback(request.get("feedback"))
         topk = check_topk(request.get("topk"))
-        sketch = decode_sketch(request["sketch"])
+        given = request.get("sketch") is not None
+        if not given and not feedback:
+            raise RequestError(400, NO_QUERY)
+        sketch = decode_sketch(request["sketch"]) if given else None
+        try:
+            self.engine.check_query(given, feedback)  # a stage-1 model: not both
+        except UserError as error:
+            raise RequestError(400, str(error)) from None
         ranking = self.engine.search(sketch, feedback, topk)  # under the engine's lock
         results = [{"rank": rank, "id": path, "score": round(score, 6)}
                    for rank, (path, score) in enumerate(ranking, start=1)]
-        return {"results": results, "query": self.engine.query_text(feedback)}
+        mode = "composed" if given and feedback else "sketch" if given else "text"
+        query = ("the sketch (image tower)" if mode == "sketch" and not self.engine.composes
+                 else self.engine.query_text(feedback, sketch=given))
+        return {"results": results, "query": query, "mode": mode}
 
     def health(self) -> dict:
-        return {"ok": True, "gallery": len(self.photo_ids)}
+        """What the page adapts to: whether the model composes a sketch with text."""
+        return {"ok": True, "gallery": len(self.photo_ids), "composes": self.engine.composes,
+                "model": self.engine.kind}
 
     def photo(self, query: dict) -> Answer:
         """The photo ``query["id"]`` names: listed in the index, and still inside the
@@ -526,7 +546,8 @@ def main(argv=None) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
-    engine = SearchEngine(args.checkpoint, args.gallery, args.index, args.device)
+    engine = SearchEngine(args.checkpoint, args.gallery, args.index, args.device,
+                          overrides=args.overrides)
     try:
         server = make_server(engine, args.host, args.port, args.verbose)
     except OSError as error:

@@ -1,9 +1,15 @@
-"""Search a folder of photos with a sketch and rounds of text feedback.
+"""Search a folder of photos with a sketch, rounds of text feedback, or both.
 
     python search.py --checkpoint outputs/Market_finetune/checkpoint_best.pth \
         --gallery photos/ --sketch witness.png --text "she wore a red coat" \
         --text "and a black backpack" --topk 10 --out ranked.png
     python search.py --checkpoint CKPT --gallery photos/ --sketch witness.png --interactive
+    python search.py --checkpoint CKPT --gallery photos/ --text "a man in a red coat"
+    python search.py --checkpoint checkpoint/ViT-B-16.pt --gallery photos/ --sketch witness.png
+
+A stage-2 checkpoint composes the sketch with the text; a stage-1 checkpoint or plain CLIP
+weights search by the sketch alone or by the text alone (any checkpoint searches by text
+alone).
 
 The gallery is embedded once into an index file (default: beside the checkpoint, in
 gallery_index/; or --index FILE) and reused while the checkpoint and the photos are
@@ -22,23 +28,32 @@ from pathlib import Path
 from datasets.base import read_image
 from engine.gallery import SearchEngine, add_engine_arguments
 from engine.visualize import rank_sheet
-from utils.errors import exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logging
 
 
-def print_ranking(engine: SearchEngine, ranking: list, feedback: list) -> None:
-    print(f"query: {engine.query_text(feedback)}")
+def describe(engine: SearchEngine, sketch_path: Path | None, feedback: list) -> str:
+    text = engine.query_text(feedback, sketch=sketch_path is not None)
+    if sketch_path is not None and not engine.composes:
+        return f"the sketch {sketch_path.name} (image tower)"
+    return text
+
+
+def print_ranking(engine: SearchEngine, ranking: list, sketch_path: Path | None,
+                  feedback: list) -> None:
+    print(f"query: {describe(engine, sketch_path, feedback)}")
     print(f"{'rank':>4}  {'score':>7}  path")
     for rank, (path, score) in enumerate(ranking, start=1):
         print(f"{rank:>4}  {score:>7.4f}  {path}")
     sys.stdout.flush()
 
 
-def save_sheet(engine: SearchEngine, sketch_path: Path, ranking: list, feedback: list,
+def save_sheet(engine: SearchEngine, sketch_path: Path | None, ranking: list, feedback: list,
                out: Path) -> None:
-    sheet = rank_sheet(sketch_path, engine.query_text(feedback),
+    title = f"sketch: {sketch_path.name}" if sketch_path is not None else "text query"
+    sheet = rank_sheet(sketch_path, describe(engine, sketch_path, feedback),
                        [engine.gallery / path for path, _ in ranking],
-                       [score for _, score in ranking], title=f"sketch: {sketch_path.name}")
+                       [score for _, score in ranking], title=title)
     sheet.save(out)
     print(f"contact sheet written to {out}")
 
@@ -48,7 +63,7 @@ def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_engine_arguments(parser)
-    parser.add_argument("--sketch", required=True, help="the query sketch (an image file)")
+    parser.add_argument("--sketch", help="the query sketch (an image file)")
     parser.add_argument("--text", action="append", default=[],
                         help="one round of text feedback (repeat for more rounds)")
     parser.add_argument("--topk", type=int, default=10, help="photos to show (default 10)")
@@ -58,14 +73,23 @@ def main(argv=None) -> list:
     args = parser.parse_args(argv)
     if args.topk < 1:
         parser.error("--topk must be at least 1")
+    if args.sketch is None and not args.text:
+        raise UserError("give --sketch, --text, or both")
     setup_logging(None)
     logging.getLogger().setLevel(logging.WARNING)
-    sketch_path = Path(args.sketch)
-    sketch = read_image(sketch_path)  # an unreadable sketch fails before any embedding
-    engine = SearchEngine(args.checkpoint, args.gallery, args.index, args.device)
+    sketch_path = Path(args.sketch) if args.sketch else None
+    # An unreadable sketch fails before any embedding.
+    sketch = read_image(sketch_path) if sketch_path is not None else None
+    engine = SearchEngine(args.checkpoint, args.gallery, args.index, args.device,
+                          overrides=args.overrides)
     feedback = list(args.text)
+    engine.check_query(sketch is not None, feedback)
+    if args.interactive and sketch is not None and not engine.composes:
+        raise UserError(f"--interactive adds text to the sketch, which this {engine.kind} "
+                        "cannot compose (a stage-2 checkpoint can); search by text alone, or "
+                        "by the sketch alone without --interactive")
     ranking = engine.search(sketch, feedback, args.topk)
-    print_ranking(engine, ranking, feedback)
+    print_ranking(engine, ranking, sketch_path, feedback)
     if args.out:
         save_sheet(engine, sketch_path, ranking, feedback, Path(args.out))
     while args.interactive:
@@ -76,7 +100,7 @@ def main(argv=None) -> list:
             break
         feedback.append(line.strip())
         ranking = engine.search(sketch, feedback, args.topk)
-        print_ranking(engine, ranking, feedback)
+        print_ranking(engine, ranking, sketch_path, feedback)
         if args.out:
             save_sheet(engine, sketch_path, ranking, feedback, Path(args.out))
     return ranking

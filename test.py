@@ -23,11 +23,9 @@ import statistics
 from pathlib import Path
 
 from engine.evaluation import METRICS, format_table, results_rows
-from engine.stages import stage_for
+from engine.models import load_for_inference
 from engine.visualize import line_plot, rank_sheet
-from model.clip import read_checkpoint_file
-from utils.checkpoint import load_checkpoint
-from utils.config import load_config, to_plain
+from utils.config import to_plain
 from utils.distributed import resolve_device
 from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logging
@@ -51,49 +49,26 @@ def checkpoints_to_evaluate(path: Path) -> list:
                     "train first or give a checkpoint file")
 
 
-def holds_clip_weights(path: Path) -> bool:
-    """Whether ``path`` is a file of CLIP weights rather than a checkpoint of a run."""
-    try:
-        state = read_checkpoint_file(path)
-    except UserError:
-        return False
-    return "visual.conv1.weight" in state and "token_embedding.weight" in state
-
-
-def evaluate_zero_shot(path: Path, overrides: list, examples: bool = True) -> tuple:
-    """CLIP as it comes, on the stage-1 tasks of ``data.dataset``."""
-    cfg = load_config(None, [*overrides, f"model.pretrained={path}"])
-    stage = stage_for("adapt")
-    if cfg.data.dataset not in stage.datasets:
+def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool = True) -> tuple:
+    loaded = load_for_inference(path, overrides)
+    cfg, stage = loaded.cfg, loaded.stage
+    if loaded.zero_shot and cfg.data.dataset not in stage.datasets:
         raise UserError(f"{path} holds CLIP weights, which are tested zero-shot on the stage-1 "
                         f"tasks only (data.dataset={'|'.join(stage.datasets)}); "
                         f"{cfg.data.dataset} needs a stage-2 checkpoint (train_token.py)")
     device = resolve_device(cfg.device)
-    model = stage.zero_shot_model(cfg).to(device).eval()
-    log.info("evaluating %s zero-shot (CLIP weights, no training) on %s", path,
-             cfg.data.dataset)
+    model = loaded.model.to(device)
+    if loaded.zero_shot:
+        log.info("evaluating %s zero-shot (CLIP weights, no training) on %s", path,
+                 cfg.data.dataset)
+    else:
+        trial = loaded.checkpoint.get("trial", trial)
+        log.info("evaluating %s (%s, epoch %s) on %s", path, stage.title,
+                 loaded.checkpoint.get("epoch"),
+                 cfg.data.dataset + (f" trial {trial}" if trial is not None else ""))
     count = cfg.test.visualize if examples else 0
-    results = stage.evaluate(model, cfg, "test", device, None, examples=count, queries=True)
-    return {**results, "zero_shot": True}, cfg
-
-
-def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool = True) -> tuple:
-    try:
-        checkpoint = load_checkpoint(path)
-    except UserError:
-        if not holds_clip_weights(path):
-            raise
-        return evaluate_zero_shot(path, overrides, examples)
-    cfg = load_config(None, overrides, base=checkpoint["config"])
-    stage = stage_for(checkpoint["stage"])
-    model = stage.model_from_checkpoint(checkpoint, cfg, str(path))
-    device = resolve_device(cfg.device)
-    model = model.to(device).eval()
-    trial = checkpoint.get("trial", trial)
-    log.info("evaluating %s (%s, epoch %s) on %s", path, stage.title, checkpoint.get("epoch"),
-             cfg.data.dataset + (f" trial {trial}" if trial is not None else ""))
-    count = cfg.test.visualize if examples else 0
-    return stage.evaluate(model, cfg, "test", device, trial, examples=count, queries=True), cfg
+    results = stage.evaluate(model, cfg, "test", device, trial, examples=count, queries=True)
+    return ({**results, "zero_shot": True} if loaded.zero_shot else results), cfg
 
 
 def mean_over_trials(trial_results: list) -> dict:

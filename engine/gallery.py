@@ -1,5 +1,11 @@
-"""Searching a folder of photos with a sketch and text feedback: the gallery index and the
-query engine shared by ``search.py`` and ``app.py``."""
+"""Searching a folder of photos with a sketch, text, or both: the gallery index and the query
+engine shared by ``search.py`` and ``app.py``.
+
+What a model can do: a stage-2 checkpoint composes a sketch with text ("a photo of * , and
+<text>"; a sketch alone is "a photo of *") and searches by text alone; a stage-1 checkpoint
+or plain CLIP weights (zero-shot) search by a sketch alone (the image tower) or by text
+alone (the text tower).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +20,10 @@ from PIL import Image
 from datasets.base import IMAGE_SUFFIXES
 from datasets.transforms import eval_transform
 from engine.evaluation import encode_images
-from model.build import token_model_from_checkpoint
-from model.token import join_feedback
-from utils.checkpoint import UNREADABLE_FILE_ERRORS, load_checkpoint, save_atomic
-from utils.config import load_config
+from engine.models import load_for_inference
+from model.token import TokenModel, join_feedback
+from model.tokenizer import tokenize
+from utils.checkpoint import UNREADABLE_FILE_ERRORS, save_atomic
 from utils.distributed import resolve_device
 from utils.errors import UserError
 from utils.precision import autocast, inference_dtype
@@ -39,11 +45,15 @@ def file_signature(path: Path) -> list:
 
 def add_engine_arguments(parser) -> None:
     """The command-line options of a ``SearchEngine`` (search.py and app.py share them)."""
-    parser.add_argument("--checkpoint", required=True, help="stage-2 checkpoint (train_token.py)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint of either stage (stage 2 composes sketch and text), "
+                        "an export, or plain CLIP weights")
     parser.add_argument("--gallery", required=True, help="folder of photos (searched recursively)")
     parser.add_argument("--index", help="gallery index file (default: beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. model.quick_gelu=false for an open_clip file")
 
 
 def default_index_path(checkpoint: Path, gallery: Path) -> Path:
@@ -53,22 +63,26 @@ def default_index_path(checkpoint: Path, gallery: Path) -> Path:
 
 
 class SearchEngine:
-    """A stage-2 model and the embedded photos of one gallery folder.
+    """A model and the embedded photos of one gallery folder.
 
     Queries run under a lock, so one engine can serve concurrent requests.
     """
 
     def __init__(self, checkpoint: str | Path, gallery: str | Path, index: str | Path | None = None,
-                 device: str = "auto", batch_size: int = 64):
+                 device: str = "auto", batch_size: int = 64, overrides=()):
         self.checkpoint_path = Path(checkpoint)
         self.gallery = Path(gallery)
         if not self.gallery.is_dir():
             raise UserError(f"gallery folder not found: {self.gallery}")
-        state = load_checkpoint(self.checkpoint_path, expected_stage="token")
-        self.cfg = load_config(None, [f"test.batch_size={batch_size}"], base=state["config"])
+        loaded = load_for_inference(self.checkpoint_path,
+                                    [f"test.batch_size={batch_size}", *overrides])
+        self.cfg = loaded.cfg
         self.device = resolve_device(device)
-        self.model = token_model_from_checkpoint(state, self.cfg, str(self.checkpoint_path))
-        self.model = self.model.to(self.device).eval()
+        self.model = loaded.model.to(self.device).eval()
+        # A stage-2 model composes a sketch with text; the others search by one or the other.
+        self.composes = isinstance(self.model, TokenModel)
+        self.kind = ("stage-2 checkpoint" if self.composes else
+                     "CLIP (zero-shot)" if loaded.zero_shot else "stage-1 checkpoint")
         self.transform = eval_transform(self.cfg)
         self.dtype = inference_dtype(self.device, self.cfg)
         # What the stored features depend on: the weights (this file), how images are
@@ -128,19 +142,43 @@ class SearchEngine:
         return paths, matrix.to(self.device)
 
     # ------------------------------------------------------------------------- query
-    def query_text(self, feedback: Sequence[str]) -> str:
-        return self.model.query_text(join_feedback(feedback))
+    def query_text(self, feedback: Sequence[str], sketch: bool = True) -> str:
+        """The text the query is encoded from: the composed prompt (stage 2 with a sketch),
+        the feedback alone (no sketch), or "" (a sketch alone, image tower)."""
+        text = join_feedback(feedback)
+        if sketch and self.composes:
+            return self.model.query_text(text)
+        return "" if sketch else text
+
+    def check_query(self, sketch: bool, feedback: Sequence[str]) -> None:
+        """A ``UserError`` for a query this model cannot run."""
+        text = join_feedback(feedback)
+        if not sketch and not text:
+            raise UserError("give a sketch, text feedback, or both")
+        if sketch and text and not self.composes:
+            raise UserError(f"this {self.kind} searches by a sketch or by text, not both; "
+                            "composing them needs a stage-2 checkpoint (train_token.py)")
 
     @torch.no_grad()
-    def search(self, sketch: Image.Image, feedback: Sequence[str] = (), topk: int = 10) -> list:
-        """[(gallery-relative path, cosine score)] of the best ``topk`` photos for a sketch and
-        the feedback so far (each entry one round, joined after "a photo of * , and")."""
-        images = self.transform(sketch.convert("RGB")).unsqueeze(0).to(self.device)
+    def search(self, sketch: Image.Image | None = None, feedback: Sequence[str] = (),
+               topk: int = 10) -> list:
+        """[(gallery-relative path, cosine score)] of the best ``topk`` photos for a sketch,
+        the feedback so far (each entry one round, joined by commas), or both (stage 2:
+        "a photo of * , and <feedback>")."""
+        self.check_query(sketch is not None, feedback)
+        text = join_feedback(feedback)
+        images = None if sketch is None else \
+            self.transform(sketch.convert("RGB")).unsqueeze(0).to(self.device)
         with self.lock:
             with autocast(self.device, self.dtype):
-                sketch_feats = self.model.clip.encode_image(images)
-                query = self.model.encode_query(sketch_feats, [join_feedback(feedback)]).float()
-            scores = (query @ self.features.t())[0]
+                if images is not None and self.composes:
+                    query = self.model.encode_query(self.model.clip.encode_image(images), [text])
+                elif images is not None:
+                    query = self.model.encode_image(images)
+                else:
+                    tokens = tokenize([text], self.model.clip.context_length).to(self.device)
+                    query = self.model.encode_text(tokens)
+            scores = (query.float() @ self.features.t())[0]
         best = scores.topk(min(topk, len(self.paths)))
         return [(self.paths[i], float(s)) for s, i in zip(best.values.tolist(),
                                                           best.indices.tolist())]

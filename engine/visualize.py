@@ -22,11 +22,12 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def rank_sheet(query_path: Path, query_text: str, ranked_paths: Sequence[Path],
+def rank_sheet(query_path: Path | None, query_text: str, ranked_paths: Sequence[Path],
                scores: Sequence[float], correct: Sequence[bool] | None = None,
                title: str = "") -> Image.Image:
-    """One row: the query sketch (and its text below the row), then the ranked photos with
-    rank and score; with ``correct``, matches are outlined green and others red."""
+    """One row: the query sketch (a blank tile for a text-only query; its text below the
+    row), then the ranked photos with rank and score; with ``correct``, matches are outlined
+    green and others red."""
     pad, label_height = 8, 36
     columns = 1 + len(ranked_paths)
     text_lines = textwrap.wrap(query_text, width=max(30, columns * 11)) if query_text else []
@@ -39,7 +40,9 @@ def rank_sheet(query_path: Path, query_text: str, ranked_paths: Sequence[Path],
     if title:
         draw.text((pad, pad), title, fill="black", font=small)
         top += 18
-    tiles = [(read_image(query_path), "query", GREY)]
+    query = (read_image(query_path) if query_path is not None
+             else Image.new("RGB", THUMB, "white"))
+    tiles = [(query, "query" if query_path is not None else "text", GREY)]
     for rank, (path, score) in enumerate(zip(ranked_paths, scores), start=1):
         colour = GREY if correct is None else (GREEN if correct[rank - 1] else RED)
         tiles.append((read_image(path), f"#{rank}\n{score:.3f}", colour))

@@ -47,6 +47,10 @@ OPEN_CLIP_TEXT_TOWER = ("token_embedding.", "positional_embedding", "transformer
 # the causal mask (rebuilt here) and SigLIP's logit bias (a loss parameter; features do not
 # use it).
 OPEN_CLIP_DROPPED_KEYS = ("attn_mask", "text.attn_mask", "logit_bias")
+# open_clip's ViTs whose image tower has heads wider than 64 channels, by that tower's width.
+# The weights do not record the number of heads, so these would load with the wrong one.
+OPEN_CLIP_WIDE_HEADS = {1280: "ViT-H (80-channel heads)", 1408: "ViT-g (88-channel heads)",
+                        1664: "ViT-bigG (104-channel heads)"}
 # The names of OpenAI's layout (either tower); anything else is named when sizes cannot be read.
 OPENAI_KEY = re.compile(
     r"(visual\.)?(transformer\.resblocks\.\d+\.(ln_[12]|attn\.in_proj_weight|attn\.in_proj_bias"
@@ -367,6 +371,12 @@ def read_clip_file(path: str | Path) -> ClipFile:
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     if kind == "open_clip":
         state_dict = _from_open_clip_layout(state_dict)
+        conv = state_dict.get("visual.conv1.weight")
+        wide = OPEN_CLIP_WIDE_HEADS.get(conv.shape[0]) if conv is not None else None
+        if wide:
+            raise CheckpointError(f"{path} looks like open_clip's {wide}; only image towers "
+                                  f"with {HEAD_WIDTH}-channel heads load (e.g. ViT-B-16, "
+                                  "ViT-L-14)")
     return ClipFile(state_dict, kind)
 
 

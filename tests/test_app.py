@@ -1,7 +1,8 @@
 """app.py: the API called directly, without sockets (every answer and every refusal, with
-its status and message), the same API against a live server (and what only the HTTP layer
-does: bodies, connections, logging), the command line, and the page end to end in a
-headless Chromium."""
+its status and message; each query mode on a stage-2, a stage-1 and a zero-shot CLIP
+engine), the same API against a live server (and what only the HTTP layer does: bodies,
+connections, logging), the command line, and the page end to end in a headless Chromium
+(with a stage-2 model and with a stage-1 model)."""
 from __future__ import annotations
 
 import base64
@@ -66,18 +67,37 @@ def engine(market_run, gallery, index_file):
 
 
 @pytest.fixture(scope="module")
-def server(engine):
-    """The app on a free port of 127.0.0.1, served by a background thread."""
+def engines(engine, stage1_run, tiny_clip_path, gallery, tmp_path_factory):
+    """The same gallery searched by each kind of model the app serves."""
+    folder = tmp_path_factory.mktemp("indexes")
+    return {"stage2": engine,
+            "stage1": SearchEngine(stage1_run / "checkpoint_best.pth", gallery,
+                                   folder / "stage1.pt", "cpu"),
+            "clip": SearchEngine(tiny_clip_path, gallery, folder / "clip.pt", "cpu",
+                                 overrides=["model.image_size=[32,16]"])}
+
+
+@contextlib.contextmanager
+def serving(engine):
+    """The app for ``engine`` on a free port of 127.0.0.1, served by a background thread."""
     httpd = app.make_server(engine, "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
     httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with serving(engine) as httpd:
+        yield httpd
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +200,9 @@ def test_api_search(api, engine, sketch_file, sketch_png_url):
     answer = api.answer(post({"sketch": sketch_png_url, "feedback": feedback, "topk": 5}))
     assert answer.status == 200
     payload = json_of(answer)
-    assert set(payload) == {"results", "query"}
+    assert set(payload) == {"results", "query", "mode"}
     assert payload["query"] == "a photo of * , and a young woman, wearing a red top"
+    assert payload["mode"] == "composed"
     direct = engine.search(Image.open(sketch_file), feedback, 5)
     assert [(r["rank"], r["id"]) for r in payload["results"]] == \
         [(rank, path) for rank, (path, _) in enumerate(direct, start=1)]
@@ -194,6 +215,7 @@ def test_api_search_defaults_and_limits(api, engine, sketch_file):
     raw = b64(sketch_file.read_bytes())  # a JPEG, plain base64
     payload = json_of(api.answer(post({"sketch": raw})))
     assert len(payload["results"]) == 10 and payload["query"] == "a photo of *"
+    assert payload["mode"] == "sketch"
     payload = json_of(api.answer(post({"sketch": raw, "feedback": None, "topk": None})))
     assert len(payload["results"]) == 10 and payload["query"] == "a photo of *"
     # blank rounds dropped, white space folded; the largest topk; a charset is fine
@@ -211,6 +233,64 @@ def test_api_search_defaults_and_limits(api, engine, sketch_file):
     body = b'{"sketch": 1}'.ljust(app.MAX_BODY_BYTES)
     assert refusal(api, post(body=body))[:2] == (400, "'sketch' must be a non-empty string: a "
                                                       "base64 PNG or JPEG image or a data URL")
+
+
+KINDS = {"stage2": "stage-2 checkpoint", "stage1": "stage-1 checkpoint",
+         "clip": "CLIP (zero-shot)"}
+
+
+def ranked(payload) -> list:
+    return [(r["rank"], r["id"], r["score"]) for r in payload["results"]]
+
+
+def ranked_directly(engine, sketch, feedback, topk) -> list:
+    """``engine.search`` as the API answers it (scores rounded)."""
+    return [(rank, path, round(score, 6)) for rank, (path, score) in
+            enumerate(engine.search(sketch, feedback, topk), start=1)]
+
+
+@pytest.mark.parametrize("source", ["stage2", "stage1", "clip"])
+def test_api_searches_by_any_mix(engines, source, sketch_file, sketch_png_url):
+    """A sketch alone and text alone on every model; both together only on stage 2 (a
+    stage-1 model and zero-shot CLIP refuse them with the engine's message); neither is
+    refused everywhere."""
+    engine = engines[source]
+    api = app.SearchAPI(engine)
+    composes = source == "stage2"
+    assert json_of(api.answer(app.Request("GET", "/api/health"))) == {
+        "ok": True, "gallery": len(engine.paths), "composes": composes, "model": KINDS[source]}
+    words = ["a young woman", "wearing a red top"]
+
+    text = json_of(api.answer(post({"feedback": words, "topk": 5})))
+    assert (text["mode"], text["query"]) == ("text", "a young woman, wearing a red top")
+    assert ranked(text) == ranked_directly(engine, None, words, 5)
+
+    for extra in [{}, {"feedback": []}, {"feedback": [" "]}, {"feedback": None}]:
+        sketch = json_of(api.answer(post({"sketch": sketch_png_url, "topk": 5, **extra})))
+        assert sketch["mode"] == "sketch"
+        assert sketch["query"] == ("a photo of *" if composes else "the sketch (image tower)")
+        assert ranked(sketch) == ranked_directly(engine, Image.open(sketch_file), [], 5)
+
+    both = post({"sketch": sketch_png_url, "feedback": words, "topk": 5})
+    if composes:
+        composed = json_of(api.answer(both))
+        assert composed["mode"] == "composed"
+        assert composed["query"] == "a photo of * , and a young woman, wearing a red top"
+        assert ranked(composed) == ranked_directly(engine, Image.open(sketch_file), words, 5)
+    else:
+        assert refusal(api, both) == (
+            400, f"this {KINDS[source]} searches by a sketch or by text, not both; composing "
+                 "them needs a stage-2 checkpoint (train_token.py)", {})
+    for neither in [{}, {"topk": 5}, {"sketch": None, "feedback": ["", "  "]}]:
+        assert refusal(api, post(neither)) == (400, NO_QUERY, {})
+
+
+def test_api_refuses_both_before_searching(engines, sketch_png_url, monkeypatch):
+    engine = engines["stage1"]
+    monkeypatch.setattr(engine, "search", lambda *args: pytest.fail("searched"))
+    status, message, _ = refusal(app.SearchAPI(engine),
+                                 post({"sketch": sketch_png_url, "feedback": ["a red coat"]}))
+    assert status == 400 and "not both" in message
 
 
 def test_api_searches_run_under_the_engine_lock(api, engine, sketch_file):
@@ -234,15 +314,20 @@ def test_transparent_sketches_are_drawn_on_paper():
 
 
 NON_EMPTY = "'sketch' must be a non-empty string: a base64 PNG or JPEG image or a data URL"
+NO_QUERY = "give 'sketch' (a base64 PNG or JPEG image), 'feedback' (a list of sentences), or both"
 UNREADABLE = "'sketch' is not a readable PNG or JPEG image"
 NOT_A_LIST = "'feedback' must be a list of strings"
 
 
 @pytest.mark.parametrize("payload, message", [
-    ({"feedback": []}, "missing field 'sketch' (a base64 PNG or JPEG image)"),
+    ({}, NO_QUERY),
+    ({"feedback": []}, NO_QUERY),
+    ({"feedback": [" ", ""], "topk": 5}, NO_QUERY),  # blank sentences are no text
+    ({"sketch": None}, NO_QUERY),  # null is the same as absent, as for 'feedback' and 'topk'
+    ({"sketch": None, "feedback": None}, NO_QUERY),
     ({"sketch": 123}, NON_EMPTY),
-    ({"sketch": None}, NON_EMPTY),
     ({"sketch": " \n "}, NON_EMPTY),
+    ({"sketch": "", "feedback": ["a red coat"]}, NON_EMPTY),
     ({"sketch": "@@not base64@@"}, "'sketch' is not valid base64"),
     ({"sketch": "data:image/png,abc"},
      "'sketch' data URL must be base64 encoded (data:image/png;base64,...)"),
@@ -265,6 +350,8 @@ NOT_A_LIST = "'feedback' must be a list of strings"
      "feedback sentence 2 has 301 characters; at most 300"),
     ({"sketch": "SKETCH", "feedback": ["a red\x00coat"]},
      "feedback sentence 1 contains a NUL character"),
+    ({"feedback": ["a red coat"], "topk": 0}, "'topk' must be between 1 and 100, got 0"),
+    ({"feedback": "a red coat"}, NOT_A_LIST),
     (["not", "an", "object"], "the request body must be a JSON object"),
     ("a string", "the request body must be a JSON object"),
 ])
@@ -321,7 +408,8 @@ def test_body_length(method, headers, length):
 def test_api_health_photos_and_page(api, engine, gallery):
     health = api.answer(app.Request("GET", "/api/health"))
     assert health.status == 200
-    assert json_of(health) == {"ok": True, "gallery": len(engine.paths)}
+    assert json_of(health) == {"ok": True, "gallery": len(engine.paths), "composes": True,
+                               "model": "stage-2 checkpoint"}
     assert api.answer(app.Request("GET", "/api/health?x=1")) == health
     assert api.answer(app.Request("HEAD", "/api/health")) == health  # the server drops the body
 
@@ -482,6 +570,10 @@ def test_search_takes_raw_base64_and_defaults(server, engine, sketch_file):
                                     "feedback": ["  a man  ", " "]})
     assert status == 200 and every["query"] == "a photo of * , and a man"
     assert len(every["results"]) == min(100, len(engine.paths))
+    status, words = search(server, {"feedback": ["a man", "in a red coat"], "topk": 4})
+    assert status == 200 and (words["mode"], words["query"]) == ("text", "a man, in a red coat")
+    assert [r["id"] for r in words["results"]] == \
+        [path for path, _ in engine.search(None, ["a man", "in a red coat"], 4)]
 
 
 def test_photo_health_and_page(server, engine, gallery):
@@ -494,7 +586,9 @@ def test_photo_health_and_page(server, engine, gallery):
     assert body == (gallery / "extra.png").read_bytes()
 
     status, headers, body = call(server, "/api/health")
-    assert status == 200 and json.loads(body) == {"ok": True, "gallery": len(engine.paths)}
+    assert status == 200 and json.loads(body) == {"ok": True, "gallery": len(engine.paths),
+                                                  "composes": True,
+                                                  "model": "stage-2 checkpoint"}
 
     types = {"/": "text/html", "/app.js": "text/javascript", "/style.css": "text/css"}
     for route, content_type in types.items():
@@ -508,7 +602,7 @@ def test_photo_health_and_page(server, engine, gallery):
 
 
 @pytest.mark.parametrize("payload, expected", [
-    ({"feedback": []}, "missing field 'sketch'"),
+    ({"feedback": []}, "give 'sketch'"),
     ({"sketch": 123}, "'sketch' must be"),
     ({"sketch": "@@not base64@@"}, "not valid base64"),
     ({"sketch": "data:image/png,abc"}, "must be base64"),
@@ -734,26 +828,57 @@ def restore_logging():
     app.log.setLevel(app_level)
 
 
-@pytest.mark.parametrize("problem", ["missing", "stage", "gallery"])
-def test_bad_startup_input_gets_one_line(market_run, stage1_run, gallery, tmp_path, capsys,
+@pytest.mark.parametrize("problem", ["missing", "override", "gallery"])
+def test_bad_startup_input_gets_one_line(market_run, gallery, tmp_path, capsys,
                                          restore_logging, problem):
-    checkpoint = market_run / "checkpoint_best.pth"
+    checkpoint, overrides = market_run / "checkpoint_best.pth", []
     if problem == "missing":
         checkpoint, expected = tmp_path / "nothing.pth", "checkpoint not found"
-    elif problem == "stage":
-        checkpoint = stage1_run / "checkpoint_best.pth"
-        expected = "is a stage 1 (train_adapt.py) checkpoint; expected a stage 2"
+    elif problem == "override":
+        overrides = ["model.quick_gelus=false"]
+        expected = "unknown config key 'model.quick_gelus'; did you mean 'model.quick_gelu'?"
     else:
         gallery = tmp_path / "empty"
         gallery.mkdir()
         expected = "holds no images"
     with pytest.raises(SystemExit) as exit_info:
         app.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery), "--port", "0",
-                  "--device", "cpu", "--index", str(tmp_path / "i.pt")])
+                  "--device", "cpu", "--index", str(tmp_path / "i.pt"), *overrides])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("source", ["stage1", "clip"])
+def test_command_line_serves_any_model_with_overrides(source, stage1_run, tiny_clip_path,
+                                                      gallery, tmp_path, monkeypatch, capsys,
+                                                      restore_logging):
+    """A stage-1 checkpoint or plain CLIP weights are served; KEY=VALUE overrides reach the
+    engine (here the tiny CLIP's image size)."""
+    checkpoint = {"stage1": stage1_run / "checkpoint_best.pth", "clip": tiny_clip_path}[source]
+    served = {}
+
+    class StoppedAtOnce:  # the server, interrupted as soon as it serves
+        url = "http://127.0.0.1:1234/"
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            served["closed"] = True
+
+    def make_server(engine, host, port, verbose):
+        served["engine"] = engine
+        return StoppedAtOnce()
+
+    monkeypatch.setattr(app, "make_server", make_server)
+    app.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery), "--port", "0",
+              "--device", "cpu", "--index", str(tmp_path / "i.pt"), "model.image_size=[32,16]"])
+    engine = served["engine"]
+    assert (engine.kind, engine.composes) == (KINDS[source], False)
+    assert list(engine.cfg.model.image_size) == [32, 16]
+    assert served["closed"] and "stopped" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------ in a browser
@@ -835,6 +960,11 @@ return {
   scores: items.map(li => Number(li.querySelector('.score').textContent)),
   status: document.getElementById('status').textContent,
   lightbox: !document.getElementById('lightbox').hidden,
+  mode: document.getElementById('results').dataset.mode || null,
+  searchBy: !document.getElementById('search-by').hidden,
+  pressed: [...document.querySelectorAll('#search-by [aria-pressed="true"]')].map(b => b.id),
+  aside: [...document.querySelectorAll('.set-aside')].map(
+    e => e.querySelector('canvas') ? 'sketch' : e.id),
 };"""
 
 
@@ -862,9 +992,47 @@ def wait_for_canvas_change(driver, before, timeout=10):
     pytest.fail("the uploaded sketch never reached the canvas")
 
 
-def test_page_end_to_end(server, engine, sketch_file, tmp_path, monkeypatch):
+def record_queries(httpd, monkeypatch) -> list:
+    """The fields (sketch, feedback) of every search the server is asked for, in order."""
+    asked, search_ = [], httpd.api.search
+
+    def recording(request):
+        asked.append({name for name in ("sketch", "feedback") if request.get(name)})
+        return search_(request)
+
+    monkeypatch.setattr(httpd.api, "search", recording)
+    return asked
+
+
+def page_ranking(server, payload) -> list:
+    """The photo URLs the page should show for ``payload``, as the API ranks them."""
+    status, answer = search(server, payload)
+    assert status == 200, answer
+    return [photo_url(r["id"]) for r in answer["results"]]
+
+
+def test_page_end_to_end(server, engine, engines, sketch_file, tmp_path, monkeypatch):
+    asked = record_queries(server, monkeypatch)
     with headless_chromium(tmp_path, monkeypatch) as driver:
         check_the_page(driver, server, engine, sketch_file, tmp_path)
+        assert {"sketch", "feedback"} in asked and {"feedback"} in asked  # composed, words
+        with serving(engines["stage1"]) as stage1_server:
+            asked = record_queries(stage1_server, monkeypatch)
+            check_alternatives(driver, stage1_server, engines["stage1"], tmp_path)
+        assert {"sketch"} in asked and {"feedback"} in asked
+        assert {"sketch", "feedback"} not in asked  # never both to a model that cannot compose
+
+
+def check_phone_layout(driver, tmp_path, name):
+    """A phone-sized screen: one column, nothing wider than the screen."""
+    viewport(driver, 390, 844, mobile=True)
+    layout = driver.execute_script("""
+        const canvas = document.getElementById('sketch').getBoundingClientRect();
+        const results = document.getElementById('results').getBoundingClientRect();
+        return {overflow: document.documentElement.scrollWidth - window.innerWidth,
+                canvasWidth: canvas.width, stacked: results.top >= canvas.bottom};""")
+    assert layout["overflow"] <= 0 and layout["canvasWidth"] > 100 and layout["stacked"]
+    driver.save_screenshot(str(tmp_path / name))
 
 
 def check_the_page(driver, server, engine, sketch_file, tmp_path):
@@ -872,15 +1040,26 @@ def check_the_page(driver, server, engine, sketch_file, tmp_path):
     from selenium.webdriver.common.keys import Keys
     viewport(driver, 1280, 800)
     driver.get(server.base + "/")
-    wait_for(driver, lambda s: "Draw the person" in s["status"], "its first hint")
+    wait_for(driver, lambda s: "Draw the person" in s["status"] and not s["srcs"],
+             "its first hint")
+    k = 10
 
-    canvas = driver.find_element(By.ID, "sketch")
-    draw(driver, canvas, STICK_FIGURE)
+    # Words alone, before anything is drawn: the page searches by the text.
     box = driver.find_element(By.ID, "feedback-input")
     sentences = ["a young woman with long hair", "wearing a red top and a black skirt"]
-    for sentence in sentences:
-        box.send_keys(sentence, Keys.ENTER)
-    k = 10
+    box.send_keys(sentences[0], Keys.ENTER)
+    expected = page_ranking(server, {"feedback": sentences[:1], "topk": k})
+    state = wait_for(driver, lambda s: s["mode"] == "text" and s["srcs"] == expected
+                     and s["loaded"] and not s["busy"], "the ranking of the words alone")
+    assert state["query"] == sentences[0] and "words alone: 1 feedback round" in state["status"]
+    assert not state["searchBy"] and not state["aside"]  # stage 2 composes: nothing to choose
+    note = driver.find_element(By.ID, "model-note").text
+    assert "stage-2 checkpoint" in note and "together" in note
+
+    # Then a sketch, and a second sentence: both are composed.
+    canvas = driver.find_element(By.ID, "sketch")
+    draw(driver, canvas, STICK_FIGURE)
+    box.send_keys(sentences[1], Keys.ENTER)
     state = wait_for(driver, lambda s: s["chips"] == sentences and sentences[1] in s["query"]
                      and len(s["srcs"]) == k and s["loaded"] and not s["busy"],
                      f"{k} photos for the sketch and both sentences")
@@ -920,11 +1099,16 @@ def check_the_page(driver, server, engine, sketch_file, tmp_path):
     wait_for(driver, lambda s: s["chips"] == sentences[1:] and s["query"] ==
              engine.query_text(sentences[1:]) and not s["busy"], "the first round removed")
 
-    # No ink, no search; undo brings the figure (and the results) back.
+    # Without the sketch the words alone are searched; undo brings the figure back.
+    composed = wait_for(driver, lambda s: not s["busy"], "the ranking settled")["srcs"]
     driver.find_element(By.ID, "clear").click()
-    wait_for(driver, lambda s: not s["srcs"] and "Draw the person" in s["status"], "a clear page")
+    expected = page_ranking(server, {"feedback": sentences[1:], "topk": k})
+    wait_for(driver, lambda s: s["mode"] == "text" and s["query"] == sentences[1]
+             and s["srcs"] == expected and not s["busy"], "the words alone once cleared")
     driver.find_element(By.ID, "undo").click()
-    wait_for(driver, lambda s: len(s["srcs"]) == k and not s["busy"], "the results again")
+    wait_for(driver, lambda s: s["mode"] == "composed" and s["srcs"] == composed
+             and s["query"] == engine.query_text(sentences[1:]) and not s["busy"],
+             "the composed results again")
 
     # An uploaded sketch replaces the drawing and is searched in its turn.
     driver.find_element(By.ID, "upload").send_keys(str(sketch_file))
@@ -934,15 +1118,64 @@ def check_the_page(driver, server, engine, sketch_file, tmp_path):
     wait_for(driver, lambda s: s["srcs"] == expected and not s["busy"], "the uploaded sketch's "
              "ranking")
 
-    # A phone-sized screen: one column, nothing wider than the screen.
-    viewport(driver, 390, 844, mobile=True)
-    layout = driver.execute_script("""
-        const canvas = document.getElementById('sketch').getBoundingClientRect();
-        const results = document.getElementById('results').getBoundingClientRect();
-        return {overflow: document.documentElement.scrollWidth - window.innerWidth,
-                canvasWidth: canvas.width, stacked: results.top >= canvas.bottom};""")
-    assert layout["overflow"] <= 0 and layout["canvasWidth"] > 100 and layout["stacked"]
-    driver.save_screenshot(str(tmp_path / "app_phone.png"))
-
+    check_phone_layout(driver, tmp_path, "app_phone.png")
     problems = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not problems, problems  # no script errors, no refused (external) loads
+
+
+def check_alternatives(driver, server, engine, tmp_path):
+    """A stage-1 model: the sketch or the words, whichever was changed last; the other is
+    kept, faded, and the Search by buttons switch."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    viewport(driver, 1280, 800)
+    driver.get(server.base + "/")
+    wait_for(driver, lambda s: "Draw the person" in s["status"] and s["searchBy"]
+             and not s["pressed"], "the Search by buttons")
+    note = driver.find_element(By.ID, "model-note").text
+    assert "stage-1 checkpoint" in note and "not both" in note
+    k = 10
+
+    draw(driver, driver.find_element(By.ID, "sketch"), STICK_FIGURE)
+    state = wait_for(driver, lambda s: s["mode"] == "sketch" and len(s["srcs"]) == k
+                     and not s["busy"], "the ranking of the sketch")
+    drawn = driver.execute_script("return document.getElementById('sketch').toDataURL()")
+    by_sketch = page_ranking(server, {"sketch": drawn, "topk": k})
+    assert state["srcs"] == by_sketch and state["query"] == "the sketch (image tower)"
+    assert state["pressed"] == ["by-sketch"] and not state["aside"]
+
+    # Adding words switches to them; the sketch stays on the canvas, faded.
+    sentence = "a man in a blue jacket"
+    driver.find_element(By.ID, "feedback-input").send_keys(sentence, Keys.ENTER)
+    by_text = page_ranking(server, {"feedback": [sentence], "topk": k})
+    state = wait_for(driver, lambda s: s["mode"] == "text" and s["srcs"] == by_text
+                     and not s["busy"], "the words' ranking")
+    assert state["query"] == sentence and state["pressed"] == ["by-text"]
+    assert state["aside"] == ["sketch"] and "sketch is kept" in \
+        driver.find_element(By.ID, "mode-note").text
+    assert driver.execute_script("return document.getElementById('sketch').toDataURL()") == drawn
+    driver.save_screenshot(str(tmp_path / "app_stage1.png"))
+
+    # The Search by buttons switch back to the sketch, keeping the words.
+    driver.find_element(By.ID, "by-sketch").click()
+    wait_for(driver, lambda s: s["mode"] == "sketch" and s["srcs"] == by_sketch
+             and s["aside"] == ["chips"] and s["chips"] == [sentence] and not s["busy"],
+             "the sketch's ranking again")
+    driver.find_element(By.ID, "by-text").click()
+    wait_for(driver, lambda s: s["mode"] == "text" and s["srcs"] == by_text
+             and s["aside"] == ["sketch"] and not s["busy"], "the words' ranking again")
+
+    # Drawing again switches to the sketch; a cleared canvas leaves the words.
+    draw(driver, driver.find_element(By.ID, "sketch"), [[(40, 600), (280, 600)]])
+    redrawn = driver.execute_script("return document.getElementById('sketch').toDataURL()")
+    by_redrawn = page_ranking(server, {"sketch": redrawn, "topk": k})
+    wait_for(driver, lambda s: s["mode"] == "sketch" and s["srcs"] == by_redrawn
+             and s["pressed"] == ["by-sketch"] and not s["busy"], "the new sketch's ranking")
+    driver.find_element(By.ID, "clear").click()
+    wait_for(driver, lambda s: s["mode"] == "text" and s["srcs"] == by_text
+             and not s["aside"] and not s["busy"], "the words alone once cleared")
+    assert driver.find_element(By.ID, "by-sketch").get_attribute("disabled")
+
+    check_phone_layout(driver, tmp_path, "app_stage1_phone.png")
+    problems = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not problems, problems  # no refused searches, no script errors

@@ -194,6 +194,18 @@ def test_other_open_clip_layouts_are_named(tmp_path, config_dir, variant, expect
     assert "OpenAI's layout" in str(caught.value)
 
 
+@pytest.mark.parametrize("width, name", [(1280, "ViT-H"), (1408, "ViT-g"), (1664, "ViT-bigG")])
+def test_wide_head_towers_are_refused(tmp_path, config_dir, width, name):
+    """The number of heads is in no shape: an image tower as wide as open_clip's ViT-H/g/bigG
+    (heads wider than 64 channels) is refused rather than split into the wrong heads. Only
+    the patch embedding is widened; the check reads shapes before anything is built."""
+    state = dict(peer_model(config_dir, False).state_dict())
+    state["visual.conv1.weight"] = torch.zeros(width, 3, 1, 1)
+    torch.save(state, tmp_path / FILE_NAMES[0])
+    with pytest.raises(CheckpointError, match=rf"open_clip's {name} \(\d+-channel heads\)"):
+        load_clip(tmp_path / FILE_NAMES[0], quick_gelu=False)
+
+
 def test_foreign_towers_are_named(tmp_path, config_dir):
     """A timm image tower or a Hugging Face text tower: the keys found instead are named."""
     state = {key: value for key, value in peer_model(config_dir, False).state_dict().items()

@@ -89,7 +89,7 @@ def test_interactive_rounds_from_a_pipe(market_run, gallery, sketch, tmp_path):
     assert queries[2].endswith("a photo of * , and a red coat, and a black backpack")
 
 
-@pytest.mark.parametrize("problem", ["sketch", "gallery", "stage", "missing"])
+@pytest.mark.parametrize("problem", ["sketch", "gallery", "stage", "missing", "neither"])
 def test_bad_input_gets_one_line(market_run, stage1_run, gallery, sketch, tmp_path, capsys,
                                  problem):
     checkpoint = market_run / "checkpoint_best.pth"
@@ -101,15 +101,58 @@ def test_bad_input_gets_one_line(market_run, stage1_run, gallery, sketch, tmp_pa
         gallery = tmp_path / "empty"
         gallery.mkdir()
         expected = "holds no images"
-    elif problem == "stage":
+    elif problem == "stage":  # a sketch with text needs stage 2
         checkpoint = stage1_run / "checkpoint_best.pth"
-        expected = "is a stage 1 (train_adapt.py) checkpoint; expected a stage 2"
-    else:
+        expected = "this stage-1 checkpoint searches by a sketch or by text, not both"
+    elif problem == "missing":
         checkpoint = tmp_path / "nothing.pth"
         expected = "checkpoint not found"
+    else:
+        expected = "give --sketch, --text, or both"
+    query = [] if problem == "neither" else ["--sketch", str(sketch), "--text", "a red coat"]
     with pytest.raises(SystemExit) as exit_info:
-        search.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery), "--sketch",
-                     str(sketch), "--device", "cpu", "--index", str(tmp_path / "i.pt")])
+        search.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery), *query,
+                     "--device", "cpu", "--index", str(tmp_path / "i.pt")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def _direct_ranking(model, features, query, paths, topk=5) -> list:
+    scores = (query @ features.t())[0]
+    best = scores.topk(topk)
+    return [paths[i] for i in best.indices.tolist()]
+
+
+@pytest.mark.parametrize("source", ["stage1", "clip", "stage2"])
+def test_any_model_searches_by_sketch_alone_and_text_alone(source, stage1_run, market_run,
+                                                           tiny_clip_path, gallery, sketch,
+                                                           tmp_path, capsys):
+    """Stage-1 checkpoints and plain CLIP weights search by the image tower (sketch) or the
+    text tower (text); a stage-2 checkpoint by "a photo of *" or the text alone."""
+    import torch
+    from PIL import Image
+
+    from model.tokenizer import tokenize
+    checkpoint = {"stage1": stage1_run / "checkpoint_best.pth", "clip": tiny_clip_path,
+                  "stage2": market_run / "checkpoint_best.pth"}[source]
+    extra = ["model.image_size=[32,16]"] if source == "clip" else []
+    engine_ = SearchEngine(checkpoint, gallery, tmp_path / "i.pt", device="cpu",
+                           overrides=extra)
+    assert engine_.composes == (source == "stage2")
+    model, image = engine_.model, Image.open(sketch)
+    with torch.no_grad():
+        tokens = tokenize(["a woman in a red top"], model.clip.context_length)
+        by_text = model.encode_text(tokens)
+        pixels = engine_.transform(image.convert("RGB")).unsqueeze(0)
+        by_sketch = (model.encode_query(model.clip.encode_image(pixels), [""])
+                     if source == "stage2" else model.encode_image(pixels))
+    assert [p for p, _ in engine_.search(None, ["a woman in a red top"], 5)] == \
+        _direct_ranking(model, engine_.features, by_text, engine_.paths)
+    assert [p for p, _ in engine_.search(image, [], 5)] == \
+        _direct_ranking(model, engine_.features, by_sketch, engine_.paths)
+    search.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery), "--text",
+                 "a woman in a red top", "--device", "cpu", "--index", str(tmp_path / "i.pt"),
+                 "--out", str(tmp_path / "text.png"), *extra])
+    assert "query: a woman in a red top" in capsys.readouterr().out
+    assert (tmp_path / "text.png").is_file()

@@ -1,5 +1,10 @@
 // The sketch search page: a drawing canvas, feedback rounds as chips and a results grid
 // refreshed (debounced) after every change. It uses only the server's JSON API.
+//
+// What is searched follows the model (/api/health "composes"): a stage-2 model gets the
+// sketch and the words together, or whichever of them there is. A stage-1 model or plain
+// CLIP searches by one or the other, never both: the page sends the one changed last
+// (state.prefer) and the "Search by" buttons switch; the other is kept, shown faded.
 "use strict";
 
 (() => {
@@ -7,6 +12,8 @@
   const MAX_UNDO = 30;
   const MAX_ROUNDS = 20;
   const INK_LEVEL = 200; // a pixel darker than this (any channel) counts as ink
+  const HINT = "Draw the person (or upload a sketch), or describe them in words, to search " +
+    "the gallery.";
 
   const $ = (id) => document.getElementById(id);
   const canvas = $("sketch");
@@ -25,6 +32,12 @@
   const statusText = $("status");
   const resultList = $("results");
   const galleryInfo = $("gallery-info");
+  const modelNote = $("model-note");
+  const searchBy = $("search-by");
+  const bySketchButton = $("by-sketch");
+  const byTextButton = $("by-text");
+  const modeNote = $("mode-note");
+  const canvasWrap = canvas.parentElement;
   const lightbox = $("lightbox");
   const lightboxImg = $("lightbox-img");
   const lightboxCaption = $("lightbox-caption");
@@ -39,6 +52,9 @@
     controller: null,
     sequence: 0,
     opener: null,
+    composes: true, // until /api/health says otherwise (the server refuses what it cannot do)
+    prefer: "sketch", // without composing: the query changed last, "sketch" or "text"
+    ready: null, // settles once /api/health has answered (or failed)
   };
 
   // ------------------------------------------------------------------------- canvas
@@ -61,6 +77,7 @@
     if (!previous) return;
     ctx.putImageData(previous, 0, 0);
     undoButton.disabled = state.undo.length === 0;
+    state.prefer = "sketch";
     scheduleSearch();
   }
 
@@ -68,6 +85,7 @@
     if (!hasInk()) return;
     remember();
     fillPaper();
+    state.prefer = "sketch";
     scheduleSearch();
   }
 
@@ -135,6 +153,7 @@
   function onPointerUp(event) {
     if (!state.stroke || event.pointerId !== state.stroke.pointerId) return;
     state.stroke = null;
+    state.prefer = "sketch";
     scheduleSearch();
   }
 
@@ -176,6 +195,7 @@
     const height = picture.height * scale;
     ctx.drawImage(picture, (canvas.width - width) / 2, (canvas.height - height) / 2, width,
                   height);
+    state.prefer = "sketch";
     scheduleSearch(0);
   }
 
@@ -217,12 +237,14 @@
     if (!sentence || state.feedback.length >= MAX_ROUNDS) return;
     state.feedback.push(sentence);
     feedbackInput.value = "";
+    state.prefer = "text";
     renderChips();
     scheduleSearch(0);
   }
 
   function removeRound(index) {
     state.feedback.splice(index, 1);
+    state.prefer = "text";
     renderChips();
     feedbackInput.focus();
     scheduleSearch(0);
@@ -239,24 +261,65 @@
     state.timer = setTimeout(runSearch, delay);
   }
 
+  // "composed", "sketch", "text" or null (nothing to search by) for what is on the page.
+  function chooseMode(ink) {
+    const words = state.feedback.length > 0;
+    if (ink && words) return state.composes ? "composed" : state.prefer;
+    return ink ? "sketch" : words ? "text" : null;
+  }
+
+  // Without composing: which query is in use, and the other one shown faded.
+  function showAlternatives(ink, mode) {
+    const words = state.feedback.length > 0;
+    const alternatives = !state.composes;
+    searchBy.hidden = !alternatives;
+    bySketchButton.disabled = !ink;
+    byTextButton.disabled = !words;
+    bySketchButton.setAttribute("aria-pressed", String(alternatives && mode === "sketch"));
+    byTextButton.setAttribute("aria-pressed", String(alternatives && mode === "text"));
+    const sketchAside = alternatives && ink && mode === "text";
+    const wordsAside = alternatives && words && mode === "sketch";
+    canvasWrap.classList.toggle("set-aside", sketchAside);
+    chipList.classList.toggle("set-aside", wordsAside);
+    modeNote.textContent = sketchAside
+      ? "the sketch is kept but not used"
+      : wordsAside ? "your words are kept but not used" : "";
+  }
+
+  function modeSummary(mode, rounds) {
+    const sentences = `${rounds} feedback round${rounds === 1 ? "" : "s"}`;
+    if (mode === "composed") return `sketch + ${sentences}`;
+    if (mode === "sketch") return "the sketch alone";
+    return `words alone: ${sentences}`;
+  }
+
+  function choose(mode) {
+    state.prefer = mode;
+    scheduleSearch(0);
+  }
+
   async function runSearch() {
     if (state.controller) state.controller.abort();
     state.controller = null;
     const sequence = ++state.sequence;
-    if (!hasInk()) {
+    await state.ready; // what the model can do decides what is sent
+    if (sequence !== state.sequence) return; // a newer search is under way
+    const ink = hasInk();
+    const mode = chooseMode(ink);
+    showAlternatives(ink, mode);
+    if (!mode) {
       resultList.removeAttribute("aria-busy");
+      delete resultList.dataset.mode;
       resultList.replaceChildren();
       queryText.textContent = "";
-      showStatus("Draw the person (or upload a sketch) to search the gallery.");
+      showStatus(HINT);
       return;
     }
     const controller = new AbortController();
     state.controller = controller;
-    const request = {
-      sketch: canvas.toDataURL("image/png"),
-      feedback: state.feedback.slice(),
-      topk: Number(topkSelect.value),
-    };
+    const request = { topk: Number(topkSelect.value) };
+    if (mode !== "text") request.sketch = canvas.toDataURL("image/png");
+    if (mode !== "sketch") request.feedback = state.feedback.slice();
     const started = performance.now();
     resultList.setAttribute("aria-busy", "true");
     showStatus("Searching…");
@@ -275,9 +338,9 @@
       }
       renderResults(answer);
       const seconds = ((performance.now() - started) / 1000).toFixed(2);
-      const rounds = request.feedback.length;
-      showStatus(`${answer.results.length} photos ranked in ${seconds} s · sketch + ` +
-                 `${rounds} feedback round${rounds === 1 ? "" : "s"}`);
+      const rounds = (request.feedback || []).length;
+      showStatus(`${answer.results.length} photos ranked in ${seconds} s · ` +
+                 modeSummary(answer.mode, rounds));
     } catch (error) {
       if (error.name !== "AbortError" && sequence === state.sequence) {
         showStatus("The server did not answer; is app.py still running?", true);
@@ -296,7 +359,10 @@
 
   function renderResults(answer) {
     queryText.textContent = answer.query;
-    queryText.title = "the text the model encodes (* is the sketch)";
+    queryText.title = answer.mode === "text" ? "the text the model encodes"
+      : state.composes ? "the text the model encodes (* is the sketch)"
+        : "the sketch alone, through the model's image tower";
+    resultList.dataset.mode = answer.mode;
     const items = answer.results.map((result) => {
       const item = document.createElement("li");
       item.className = "result";
@@ -373,6 +439,12 @@
       const response = await fetch("/api/health");
       const health = await response.json();
       galleryInfo.textContent = `Gallery: ${health.gallery} photos`;
+      state.composes = health.composes !== false;
+      modelNote.textContent = state.composes
+        ? `Model: ${health.model}. It reads the sketch and your words together; ` +
+          "words alone search too."
+        : `Model: ${health.model}. It searches by the sketch or by your words, not both: ` +
+          "the one you changed last is used (see How the search works).";
     } catch (error) {
       galleryInfo.textContent = "Server not reachable";
       galleryInfo.classList.add("error");
@@ -391,6 +463,8 @@
   uploadInput.addEventListener("change", uploadSketch);
   feedbackForm.addEventListener("submit", addRound);
   topkSelect.addEventListener("change", () => scheduleSearch(0));
+  bySketchButton.addEventListener("click", () => choose("sketch"));
+  byTextButton.addEventListener("click", () => choose("text"));
   lightboxClose.addEventListener("click", closeLightbox);
   lightbox.addEventListener("click", (event) => {
     if (event.target === lightbox) closeLightbox();
@@ -400,6 +474,9 @@
   fillPaper();
   selectTool("pen");
   renderChips();
-  showStatus("Draw the person (or upload a sketch) to search the gallery.");
-  loadGalleryInfo();
+  showStatus(HINT);
+  state.ready = loadGalleryInfo().then(() => {
+    const ink = hasInk();
+    showAlternatives(ink, chooseMode(ink));
+  });
 })();
