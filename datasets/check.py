@@ -75,6 +75,20 @@ class Report:
     def image(self, path: Path, where: str) -> None:
         self.images.setdefault(path, where)
 
+    def photos_and_sketches(self, photos, sketches, where: str, training: bool,
+                            person=str) -> None:
+        """Queue every ``(path, person id)`` photo and sketch of ``where`` for the readability
+        check; in a training part, a sketch whose person has no photo there is a problem
+        (``person`` writes the id as the dataset names it)."""
+        photo_ids = {pid for _, pid in photos}
+        for path, _ in photos:
+            self.image(path, f"{where} photo")
+        for path, pid in sketches:
+            self.image(path, f"{where} sketch")
+            if training and pid not in photo_ids:
+                self.problem("unmatched", f"{where}: training sketch {self.name(path)} has no "
+                                          f"training photo of person {person(pid)}", path)
+
     def name(self, path: Path) -> str:
         """``path`` relative to data.root where it lies inside it."""
         try:

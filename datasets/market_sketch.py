@@ -309,13 +309,8 @@ def _scan(report, root: Path) -> None:
             sketches.extend(found)
         photo_ids = {pid for _, pid in photos}
         sketch_ids = {pid for _, pid in sketches}
-        for path, _pid in photos:
-            report.image(path, f"Market-Sketch-1K {part} photo")
-        for path, pid in sketches:
-            report.image(path, f"Market-Sketch-1K {part} sketch")
-            if part == "train" and pid not in photo_ids:
-                report.problem("unmatched", f"training sketch {report.name(path)}: no "
-                                            f"training photo of person {pid:04d}")
+        report.photos_and_sketches(photos, sketches, f"Market-Sketch-1K {part}",
+                                   training=part == "train", person="{:04d}".format)
         with_attributes = {pid for pid in photo_ids | sketch_ids
                            if attributes is not None and pid in attributes}
         if part == "query" and attributes is not None:

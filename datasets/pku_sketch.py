@@ -443,14 +443,8 @@ def _scan(report, root: Path, trials: list, seed: int) -> None:
             photo_ids = {pid for _, pid in photos}
             sketch_ids = {pid for _, pid in sketches}
             ids = photo_ids | sketch_ids
-            for path, _ in photos:
-                report.image(path, f"PKU-Sketch trial {trial} {part} photo")
-            for path, pid in sketches:
-                report.image(path, f"PKU-Sketch trial {trial} {part} sketch")
-                if part == "train" and pid not in photo_ids:
-                    report.problem("unmatched", f"PKU-Sketch trial {trial}: training sketch "
-                                                f"{report.name(path)} has no training photo "
-                                                f"of person {pid}", path)
+            report.photos_and_sketches(photos, sketches, f"PKU-Sketch trial {trial} {part}",
+                                       training=part == "train")
             if not photos or not sketches:
                 missing = "photos" if not photos else "sketches"
                 report.problem("empty_splits", f"PKU-Sketch trial {trial} {part}: no {missing}")

@@ -286,6 +286,37 @@ def test_check_pku_problems(data, tmp_path, capsys):
     assert "drawn from seed=" in out and "PKU-Sketch/sketch/1.jpg" in out
 
 
+def test_check_names_training_sketches_without_a_photo(data, tmp_path, capsys):
+    """A training sketch of a person with no training photo is listed, with the person's id
+    as the dataset writes it; test parts may hold such sketches."""
+    root = tmp_path / "root"
+    shutil.copytree(data[0] / "Market-Sketch-1K", root / "Market-Sketch-1K")
+    photos = sorted((root / "Market-Sketch-1K" / "photo" / "train").iterdir())
+    person = photos[0].name[:4]
+    for photo in photos:
+        if photo.name.startswith(person):
+            photo.unlink()
+    assert _check(root, "data.dataset=mask1k", json_path=tmp_path / "m.json") == 1
+    unmatched = json.loads((tmp_path / "m.json").read_text())["problems"]["unmatched"]
+    assert unmatched and all(f"has no training photo of person {person}" in line
+                             and line.startswith("Market-Sketch-1K train: training sketch ")
+                             for line in unmatched)
+    capsys.readouterr()
+
+    shutil.copytree(data[0] / "PKU-Sketch", root / "PKU-Sketch")
+    assert prepare.main(["pku-sketch", "--root", str(root), "--trials", "1"]) == 0
+    index = root / "PKU-Sketch" / "idx" / "train_visible_1.txt"
+    lines = index.read_text().splitlines()
+    gone = lines[0].split()[1]
+    index.write_text("".join(f"{line}\n" for line in lines if line.split()[1] != gone))
+    assert _check(root, "data.dataset=pku-sketch", "data.trials=[1]",
+                  json_path=tmp_path / "p.json") == 1
+    unmatched = json.loads((tmp_path / "p.json").read_text())["problems"]["unmatched"]
+    assert len(unmatched) == 1
+    assert unmatched[0].startswith("PKU-Sketch trial 1 train: training sketch PKU-Sketch/")
+    assert unmatched[0].endswith(f"has no training photo of person {int(gone)}")
+
+
 @pytest.mark.parametrize("override", ["data.dataset=nope", "data.root={missing}"])
 def test_check_bad_input_exits_2(data, tmp_path, capsys, override):
     override = override.format(missing=tmp_path / "missing")
