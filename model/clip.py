@@ -371,12 +371,6 @@ def read_clip_file(path: str | Path) -> ClipFile:
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     if kind == "open_clip":
         state_dict = _from_open_clip_layout(state_dict)
-        conv = state_dict.get("visual.conv1.weight")
-        wide = OPEN_CLIP_WIDE_HEADS.get(conv.shape[0]) if conv is not None else None
-        if wide:
-            raise CheckpointError(f"{path} looks like open_clip's {wide}; only image towers "
-                                  f"with {HEAD_WIDTH}-channel heads load (e.g. ViT-B-16, "
-                                  "ViT-L-14)")
     return ClipFile(state_dict, kind)
 
 
@@ -480,6 +474,7 @@ def load_clip(path: str | Path, image_size: Sequence[int] = (224, 224),
     """
     try:
         clip_file = read_clip_file(path)
+        _refuse_wide_heads(clip_file, path)
         quick_gelu = resolve_quick_gelu(clip_file, path, quick_gelu)
     except CheckpointError as error:
         raise CheckpointError(_naming(path, error)) from None
@@ -492,6 +487,15 @@ def load_clip(path: str | Path, image_size: Sequence[int] = (224, 224),
             message += ("; open_clip files load for its ViT models in OpenAI's layout (e.g. "
                         "ViT-B-16, ViT-L-14)")
         raise CheckpointError(message) from None
+
+
+def _refuse_wide_heads(clip_file: ClipFile, path: str | Path) -> None:
+    """open_clip's ViT-H/g/bigG would load with the wrong number of image heads."""
+    conv = clip_file.state_dict.get("visual.conv1.weight")
+    wide = OPEN_CLIP_WIDE_HEADS.get(conv.shape[0]) if conv is not None else None
+    if clip_file.kind == "open_clip" and wide:
+        raise CheckpointError(f"{path} looks like open_clip's {wide}; only image towers with "
+                              f"{HEAD_WIDTH}-channel heads load (e.g. ViT-B-16, ViT-L-14)")
 
 
 def _naming(path: str | Path, error: Exception) -> str:

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from engine.models import load_for_inference
 from model.build import clip_from_pretrained, clip_from_project_state
 from model.clip import CheckpointError, load_clip
 from model.tokenizer import tokenize
@@ -202,8 +203,12 @@ def test_wide_head_towers_are_refused(tmp_path, config_dir, width, name):
     state = dict(peer_model(config_dir, False).state_dict())
     state["visual.conv1.weight"] = torch.zeros(width, 3, 1, 1)
     torch.save(state, tmp_path / FILE_NAMES[0])
-    with pytest.raises(CheckpointError, match=rf"open_clip's {name} \(\d+-channel heads\)"):
+    expected = rf"open_clip's {name} \(\d+-channel heads\)"
+    with pytest.raises(CheckpointError, match=expected):
         load_clip(tmp_path / FILE_NAMES[0], quick_gelu=False)
+    # test.py, search.py and app.py say the same, not "not a checkpoint".
+    with pytest.raises(CheckpointError, match=expected):
+        load_for_inference(tmp_path / FILE_NAMES[0], ["model.quick_gelu=false"])
 
 
 def test_foreign_towers_are_named(tmp_path, config_dir):
