@@ -11,6 +11,11 @@ pre-norm block of width D over a sequence of L tokens, per sequence:
     -------------------------------------------
     per block                    24 L D^2 + 4 L^2 D
 
+Only one output per sequence is used (the class token, the end-of-text token), so the
+last block computes only that one (``model.clip.Transformer``): keys and values over L
+(2 * L * 2 D^2), the query, output projection and MLP at one position (2 * 10 D^2), and
+one query's attention (2 * 2 * L D): 4 L D^2 + 20 D^2 + 4 L D (``pooled=True``).
+
 The image tower adds the patch embedding (2 * P * 3 p^2 D for P patches of side p) and
 the output projection (2 D E); the text tower adds its projection (2 D E). Training
 costs forward + backward, where the backward is one forward's worth for the gradient
@@ -101,20 +106,24 @@ def finite_round(value: float, digits: int = 3):
 
 
 # ------------------------------------------------------------------------------ FLOPs
-def transformer_forward_flops(width: int, layers: int, length: int, sequences: int) -> float:
-    """Forward matmul FLOPs of ``layers`` blocks over ``sequences`` sequences of ``length``."""
+def transformer_forward_flops(width: int, layers: int, length: int, sequences: int,
+                              pooled: bool = True) -> float:
+    """Forward matmul FLOPs of ``layers`` blocks over ``sequences`` sequences of ``length``;
+    ``pooled``: the last block computes one output position per sequence."""
     per_block = 24 * length * width ** 2 + 4 * length ** 2 * width
-    return float(sequences * layers * per_block)
+    last = (4 * length * width ** 2 + 20 * width ** 2 + 4 * length * width) if pooled \
+        else per_block
+    return float(sequences * ((layers - 1) * per_block + last))
 
 
-def image_tower_flops(arch, image_size, images: int) -> float:
+def image_tower_flops(arch, image_size, images: int, pooled: bool = True) -> float:
     """Forward FLOPs of the ViT on ``images`` images of ``image_size`` [H, W]."""
     patches = (image_size[0] // arch.patch_size) * (image_size[1] // arch.patch_size)
     width = arch.vision_width
     embed = 2 * patches * 3 * arch.patch_size ** 2 * width
     project = 2 * width * arch.embed_dim
     return images * (embed + project) + transformer_forward_flops(
-        width, arch.vision_layers, patches + 1, images)
+        width, arch.vision_layers, patches + 1, images, pooled)
 
 
 def text_tower_flops(arch, context_length: int, texts: int) -> float:
@@ -124,10 +133,13 @@ def text_tower_flops(arch, context_length: int, texts: int) -> float:
                                                        context_length, texts)
 
 
-def train_step_flops(stage: str, cfg, arch, batch_size: int) -> float:
+def train_step_flops(stage: str, cfg, arch, batch_size: int,
+                     text_length: int | None = None) -> float:
     """Useful FLOPs of one training step (forward + backward) of ``stage``; see the module
-    docstring for the model."""
-    image_size, length = cfg.model.image_size, cfg.model.context_length
+    docstring for the model. ``text_length``: the tokens the text tower runs on (the batch's
+    longest text; padding after it is not computed), ``model.context_length`` if not given."""
+    image_size = cfg.model.image_size
+    length = text_length or cfg.model.context_length
     if stage == "adapt":
         images = 2 * batch_size + (batch_size if cfg.loss.ss > 0 else 0)  # photo, sketch (+view)
         return 3 * (image_tower_flops(arch, image_size, images)
@@ -147,9 +159,12 @@ class ExplicitAttention(SelfAttention):
     """``SelfAttention`` computed the way ``nn.MultiheadAttention(need_weights=True)`` does
     it: softmax(Q K^T / sqrt(d) + mask) materialised as a [B, H, L, L] tensor, then A V, and
     the head-averaged weights computed (and, as by the callers, thrown away). The same
-    parameters and the same result as the fused kernel; only the cost differs."""
+    parameters and the same result as the fused kernel; only the cost differs. Where the
+    block asks for one output position per sequence (the last block), all queries are still
+    computed and one row kept."""
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, width = x.shape
         head_dim = width // self.heads
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
@@ -164,6 +179,8 @@ class ExplicitAttention(SelfAttention):
         out = weights @ value  # [B, H, L, d]
         weights.mean(dim=1)  # the [B, L, L] average need_weights=True returns
         out = out.transpose(1, 2).reshape(batch, length, width)
+        if positions is not None:  # every query computed, as the reference does; one kept
+            out = out[torch.arange(batch, device=x.device), positions]
         return self.out_proj(out)
 
 

@@ -11,7 +11,9 @@
 #    implementation's way (extra soft-target pass + attention with materialised weights),
 #    and the paper's contrastive batch of 240 on this one GPU: 4 accumulated micro-batches
 #    of 60 (peak memory against the plain batch of 60);
-# 3. retrieval evaluation at 2,000 x 10,000 with encoder throughput, on CUDA.
+# 3. the stage-1 step profiled (--profile): time by category and the achieved TFLOP/s
+#    against a bf16 matmul peak measured on this GPU, in bf16 at batch 60;
+# 4. retrieval evaluation at 2,000 x 10,000 with encoder throughput, on CUDA.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -61,6 +63,10 @@ timeout 180 python -m bench.train_step --stage adapt "${COMMON[@]}" \
 
 section "train step: stage 1, the paper's batch: 4 x 60 accumulated"
 timeout 240 python -m bench.train_step --stage adapt "${COMMON[@]}" --steps 5 --accum-steps 4
+
+section "train step: stage 1 profiled, bf16"
+timeout 180 python -m bench.train_step --stage adapt "${COMMON[@]}" --steps 5 --profile \
+    train.amp_dtype=bfloat16
 
 section "train step: stage 2 (token)"
 timeout 180 python -m bench.train_step --stage token "${COMMON[@]}" model.init_from=null

@@ -21,11 +21,20 @@ achieved_tflops (that count over the median step time; with ``--accum-steps`` th
 gradient-free first pass is not counted) and, on CUDA, mfu (achieved over
 the dense bf16 peak of H100 SXM / H200 / A100; null on the CPU and for other GPUs).
 
+``--profile`` then runs one more step (after a warm-up) under ``torch.profiler``, the batch
+first copied from the host, and prints its time by category (``bench.profile``: matrix
+products, attention, element-wise, copies, optimizer, data, framework, and on CUDA the
+GPU's idle time) with the achieved TFLOP/s of the timed steps against a matrix-product
+peak measured on this machine in the step's precision; the JSON line gains profile_ms,
+profile_step_ms, matmul_peak_tflops and of_matmul_peak. ``text_length`` is the number of
+tokens the text tower ran on (the batch's longest text; the FLOP count follows it).
+
 ``--reference-attention`` makes every attention of this run's model a
 ``bench.common.ExplicitAttention``: an explicit softmax(Q K^T / sqrt(d)) with the weights
 materialised, as ``nn.MultiheadAttention(need_weights=True)`` computes it.
 ``loss.separate_soft_target_pass=true`` adds the extra no-grad forward pass for the soft
-targets. Both together are the reference implementation's way of doing a stage-1 step.
+targets. Both together emulate the reference implementation's way of doing a stage-1
+step (an emulation: the rest of the model is this project's).
 
 Stage 2 starts from ``model.init_from`` (a stage-1 checkpoint); ``model.init_from=null``
 starts from ``model.pretrained`` instead. Without OpenAI's weights, make a random CLIP of
@@ -79,6 +88,7 @@ from bench.common import (
     train_step_flops,
     use_explicit_attention,
 )
+from bench.profile import DATA_REGION, format_profile, matmul_peak_flops, profile_step
 from engine.stages import STAGES
 from engine.trainer import accumulated_step, build_optimizer, seed_everything, train_step
 from model.tokenizer import tokenize
@@ -140,6 +150,9 @@ def parse_args(argv):
                         help="identities of the stand-in training set (stage 1's id head)")
     parser.add_argument("--reference-attention", action="store_true",
                         help="explicit attention with materialised weights, as the reference")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one step: time by category (bench.profile) and the "
+                             "achieved TFLOP/s against a matmul peak measured here")
     parser.add_argument("--jsonl", help="also append the JSON line to this file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_intermixed_args(argv)
@@ -199,7 +212,9 @@ def main(argv=None) -> dict:
 
     timing = summarize_ms(times)
     contrastive_batch = batch_size * accum
-    flops = train_step_flops(args.stage, cfg, model.clip.arch, contrastive_batch)
+    text_tokens = batch["tokens"] if args.stage == "adapt" else model.prompt_tokens
+    text_length = model.clip.trim_padding(text_tokens).shape[1]
+    flops = train_step_flops(args.stage, cfg, model.clip.arch, contrastive_batch, text_length)
     achieved = flops / (timing["median"] / 1000.0)
     peak = peak_flops(device)
     record = {
@@ -217,11 +232,38 @@ def main(argv=None) -> dict:
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "tflop_per_step": float(f"{flops / 1e12:.4g}"),
         "achieved_tflops": finite_round(achieved / 1e12, 4),
-        "mfu": finite_round(achieved / peak, 4) if peak else None,
+        "mfu": float(f"{achieved / peak:.4g}") if peak else None,
         "loss": round(loss, 4),
+        "text_length": text_length,
         "config": {"config": config, **flatten(parse_overrides(args.overrides))},
     }
+    if args.profile:
+        record.update(profile_record(step, batch, device, dtype, achieved))
     return emit(record, args.jsonl)
+
+
+def profile_record(step, batch: dict, device: torch.device, dtype,
+                   achieved_flops: float) -> dict:
+    """Steps under the profiler, the batch first copied from the host (the data category),
+    printed as a table with ``achieved_flops`` (FLOP/s of the timed steps) against a matmul
+    peak measured in the step's precision; the fields it adds to the JSON line."""
+    host_batch = {key: value.cpu() for key, value in batch.items()}
+    if device.type == "cuda":
+        host_batch = {key: value.pin_memory() for key, value in host_batch.items()}
+
+    def step_with_data():
+        with torch.profiler.record_function(DATA_REGION):
+            moved = {key: value.to(device, non_blocking=True) for key, value in host_batch.items()}
+        batch.update(moved)
+        step()
+
+    result = profile_step(step_with_data, device)
+    peak = matmul_peak_flops(device, dtype or torch.float32)
+    print(format_profile(result, achieved_flops, peak), flush=True)
+    return {"profile_ms": {key: round(ms, 2) for key, ms in result["ms"].items()},
+            "profile_step_ms": round(result["wall_ms"], 2),
+            "matmul_peak_tflops": finite_round(peak / 1e12, 4),
+            "of_matmul_peak": finite_round(achieved_flops / peak, 4)}
 
 
 if __name__ == "__main__":

@@ -63,7 +63,11 @@ def prepare_output_dir(cfg) -> Path:
 
 def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
     """AdamW; no weight decay on 1-D parameters (biases, norms, the class embedding) or the
-    logit scale. ``lr_scales`` maps a parameter-name prefix to a learning-rate multiplier."""
+    logit scale. ``lr_scales`` maps a parameter-name prefix to a learning-rate multiplier.
+
+    The fused kernel (one pass over all parameters) wherever torch has it for the
+    parameters' device (CUDA, and the CPU since torch 2.4), else the foreach one.
+    """
     lr_scales = lr_scales or {}
     groups = {}
     for name, parameter in model.named_parameters():
@@ -77,10 +81,23 @@ def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
         groups.setdefault(key, {"params": [], "lr_scale": scale, "name": group_name,
                                 "weight_decay": cfg.train.weight_decay if decay else 0.0})
         groups[key]["params"].append(parameter)
-    fused = all(p.is_cuda for group in groups.values() for p in group["params"])
-    return torch.optim.AdamW(list(groups.values()), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                             eps=cfg.train.eps, fused=fused or None,
-                             foreach=None if fused else True)
+    settings = {"lr": cfg.train.lr, "betas": tuple(cfg.train.betas), "eps": cfg.train.eps}
+    try:
+        return torch.optim.AdamW(list(groups.values()), fused=True, **settings)
+    except RuntimeError as error:  # a device (or torch version) without the fused kernel
+        log.info("fused AdamW is not available here (%s); using the foreach implementation",
+                 str(error).splitlines()[0][:120])
+        return torch.optim.AdamW(list(groups.values()), foreach=True, **settings)
+
+
+def load_optimizer_state(optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict`` that keeps the kernel chosen by ``build_optimizer``
+    (a checkpoint's groups carry the fused/foreach flags of the run that saved it)."""
+    kernels = [{key: group.get(key) for key in ("fused", "foreach")}
+               for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernel in zip(optimizer.param_groups, kernels):
+        group.update(kernel)
 
 
 def to_cpu(value):
@@ -429,7 +446,7 @@ class Trainer:
         path = self.output_dir / "checkpoint_last.pth"
         checkpoint = load_checkpoint(path, self.stage.name)
         self.stage.load_model_state(self.model, checkpoint["model"], str(path))
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(self.optimizer, checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
         self.best_score = checkpoint["best_score"]

@@ -19,7 +19,6 @@ import logging
 import math
 import re
 import zipfile
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -74,11 +73,35 @@ class LayerNorm(nn.LayerNorm):
                             self.bias.float(), self.eps).to(x.dtype)
 
 
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the activation the OpenAI weights were trained with."""
+QUICK_GELU_SLOPE = 1.702  # QuickGELU(x) = x * sigmoid(1.702 x) = silu(1.702 x) / 1.702
+
+
+class MLP(nn.Module):
+    """The block's feed-forward part, c_proj(act(c_fc(x))), with QuickGELU (OpenAI's weights)
+    or the exact GELU (open_clip's LAION ones) as ``act``.
+
+    QuickGELU is computed as silu(1.702 z) / 1.702 with both constants folded into the
+    matrix products (their scalar factor): one fused pass over the hidden activations,
+    forward and backward, instead of three multiplies and a sigmoid, and no scaled copy
+    of a weight kept for the backward pass. The parameters keep OpenAI's names and values.
+    """
+
+    def __init__(self, width: int, quick_gelu: bool):
+        super().__init__()
+        self.quick_gelu = quick_gelu
+        self.c_fc = nn.Linear(width, 4 * width)
+        self.gelu = None if quick_gelu else nn.GELU()
+        self.c_proj = nn.Linear(4 * width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        if not self.quick_gelu:
+            return self.c_proj(self.gelu(self.c_fc(x)))
+        rows = x.reshape(-1, x.shape[-1])  # [N, D]
+        hidden = F.silu(torch.addmm(self.c_fc.bias * QUICK_GELU_SLOPE, rows, self.c_fc.weight.t(),
+                                    alpha=QUICK_GELU_SLOPE))  # silu(1.702 c_fc(x)) [N, 4D]
+        out = torch.addmm(self.c_proj.bias, hidden, self.c_proj.weight.t(),
+                          alpha=1.0 / QUICK_GELU_SLOPE)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class SelfAttention(nn.Module):
@@ -92,33 +115,61 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; with ``positions`` [B] only the output at one position
+        per sequence, [B, D] (its query attends to every key it may see)."""
+        if positions is not None:
+            return self._attend_at(x, causal, positions)
         batch, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, L, 3D]
         qkv = qkv.view(batch, length, 3, self.heads, width // self.heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, D/H]
+        # Split before moving the heads forward: in the backward pass the three gradients
+        # then stack straight into the [B, L, 3, H, D/H] layout of ``qkv`` (no extra copy).
+        query, key, value = (part.transpose(1, 2) for part in qkv.unbind(2))  # [B, H, L, D/H]
         # Fused attention kernel; never asks for the weights, so flash/efficient paths stay on.
         out = F.scaled_dot_product_attention(query, key, value, is_causal=causal,
                                              dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, length, width)  # [B, L, D]
         return self.out_proj(out)
 
+    def _attend_at(self, x: torch.Tensor, causal: bool, positions: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        rows = torch.arange(batch, device=x.device)
+        query = F.linear(x[rows, positions], self.in_proj_weight[:width],
+                         self.in_proj_bias[:width])  # [B, D]
+        key_value = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
+        key_value = key_value.view(batch, length, 2, self.heads, width // self.heads)
+        key, value = (part.transpose(1, 2) for part in key_value.unbind(2))  # [B, H, L, D/H]
+        query = query.view(batch, self.heads, 1, width // self.heads)
+        visible = None
+        if causal:  # the query at position p sees the keys at 0..p
+            keys = torch.arange(length, device=x.device)
+            visible = (keys <= positions.unsqueeze(1)).view(batch, 1, 1, length)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=visible,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.reshape(batch, width))  # [B, D]
+
 
 class ResidualBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); the MLP's
-    activation is QuickGELU (OpenAI's weights) or the exact GELU (open_clip's LAION ones)."""
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, width: int, heads: int, quick_gelu: bool):
         super().__init__()
         self.ln_1 = LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict(
-            c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU() if quick_gelu else nn.GELU(),
-            c_proj=nn.Linear(4 * width, width)))
+        self.mlp = MLP(width, quick_gelu)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal)
+    def forward(self, x: torch.Tensor, causal: bool,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; with ``positions`` [B], the output at those positions
+        only, [B, D]: every operation but attention works on each position alone."""
+        if positions is None:
+            x = x + self.attn(self.ln_1(x), causal)
+        else:
+            rows = torch.arange(x.shape[0], device=x.device)
+            x = x[rows, positions] + self.attn(self.ln_1(x), causal, positions)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -132,12 +183,16 @@ class Transformer(nn.Module):
                                        for _ in range(layers))
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; or, given ``pooled`` [B] (the one position per
+        sequence whose output is used: the class token, the end-of-text token), that
+        output alone, [B, D], the last block computing it at that position only."""
+        for index, block in enumerate(self.resblocks):
+            positions = pooled if index == len(self.resblocks) - 1 else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, self.causal, use_reentrant=False)
+                x = checkpoint(block, x, self.causal, positions, use_reentrant=False)
             else:
-                x = block(x, self.causal)
+                x = block(x, self.causal, positions)
         return x
 
 
@@ -166,8 +221,9 @@ class VisionTransformer(nn.Module):
         patches = patches.flatten(2).transpose(1, 2)  # [B, gh*gw, D]
         cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)  # [B, 1, D]
         x = torch.cat([cls, patches], dim=1) + self.positional_embedding.to(patches.dtype)
-        x = self.transformer(self.ln_pre(x))  # [B, 1+gh*gw, D]
-        return self.ln_post(x[:, 0]) @ self.proj  # [B, E]
+        class_token = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        x = self.transformer(self.ln_pre(x), pooled=class_token)  # [B, D]
+        return self.ln_post(x) @ self.proj  # [B, E]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +303,7 @@ class CLIP(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] from ``tokenize`` -> features [B, E], pooled at the end-of-text token."""
+        tokens = self.trim_padding(tokens)
         return self._encode_token_embeddings(self.token_embedding(tokens), tokens)
 
     def encode_text_with_pseudo_token(self, tokens: torch.Tensor,
@@ -256,24 +313,39 @@ class CLIP(nn.Module):
         tokens [B, L] contain the placeholder id; pseudo_tokens [B, W] (W = text width)
         replace the embedding at every placeholder position of the same row.
         """
-        embeddings = self.token_embedding(tokens)  # [B, L, W]
-        is_placeholder = (tokens == self.placeholder_id).unsqueeze(-1)  # [B, L, 1]
+        tokens = self.trim_padding(tokens)
+        embeddings = self.token_embedding(tokens)  # [B, L', W]
+        is_placeholder = (tokens == self.placeholder_id).unsqueeze(-1)  # [B, L', 1]
         embeddings = torch.where(is_placeholder, pseudo_tokens.unsqueeze(1).to(embeddings.dtype),
                                  embeddings)
         return self._encode_token_embeddings(embeddings, tokens)
 
-    def _encode_token_embeddings(self, embeddings: torch.Tensor,
-                                 tokens: torch.Tensor) -> torch.Tensor:
+    def trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, L] -> tokens [B, L'] cut after the batch's last end-of-text token.
+
+        Under the causal mask no position sees a later one, and only the end-of-text
+        position is pooled, so the padding after the longest text of the batch changes no
+        feature: cutting it saves its work in every block.
+        """
         if tokens.shape[1] != self.context_length:
             raise ValueError(f"text tokens have length {tokens.shape[1]}, the model expects "
                              f"{self.context_length} (tokenize(..., context_length="
                              f"{self.context_length}))")
-        x = embeddings + self.positional_embedding.to(embeddings.dtype)  # [B, L, W]
-        x = self.ln_final(self.transformer(x))
-        # The end-of-text id is the largest in the vocabulary, so argmax finds its position.
-        eot_positions = tokens.argmax(dim=-1)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot_positions]  # [B, W]
-        return pooled @ self.text_projection  # [B, E]
+        return tokens[:, :int(end_of_text_positions(tokens).max()) + 1]
+
+    def _encode_token_embeddings(self, embeddings: torch.Tensor,
+                                 tokens: torch.Tensor) -> torch.Tensor:
+        """embeddings [B, L', W] of tokens [B, L'] (L' <= context length) -> features [B, E]."""
+        length = tokens.shape[1]
+        x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)  # [B, L', W]
+        pooled = self.transformer(x, pooled=end_of_text_positions(tokens))  # [B, W]
+        return self.ln_final(pooled) @ self.text_projection  # [B, E]
+
+
+def end_of_text_positions(tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [B, L] -> [B]: the end-of-text id is the largest in the vocabulary, so argmax
+    finds its position."""
+    return tokens.argmax(dim=-1)
 
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor],

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
 
-from bench import common
+from bench import common, fastreid_cython
 from bench import eval as bench_eval
 from bench import loader as bench_loader
 from bench import train_step as bench_train_step
 from model.clip import SelfAttention
 from model.random_clip import PRESETS, random_clip_state_dict
+from tests.peers import missing_peer, peer_file
 
 TRAIN_STEP_KEYS = {"bench", "stage", "device", "image_size", "batch_size", "step_ms",
                    "step_ms_min", "samples_per_s", "peak_mem_mb", "params_trainable",
@@ -109,8 +111,11 @@ def test_reference_attention_equals_fused_attention(causal):
 
 def test_flop_count_of_vit_b16_matches_the_usual_figure():
     # ViT-B/16 at 224x224 is about 17.6 G multiply-adds per image.
-    flops = common.image_tower_flops(PRESETS["vit-b-16"], (224, 224), images=1)
+    flops = common.image_tower_flops(PRESETS["vit-b-16"], (224, 224), images=1, pooled=False)
     assert 34e9 < flops < 36e9
+    # the last block at the class token only: about 2.3 GFLOPs less
+    pooled = common.image_tower_flops(PRESETS["vit-b-16"], (224, 224), images=1)
+    assert 2.2e9 < flops - pooled < 2.5e9
 
 
 def test_loader_reports_samples_per_second(tmp_path, capsys):
@@ -150,3 +155,92 @@ def test_train_step_on_cuda_reports_gpu_memory_and_mfu(clip_file):
     assert record["precision"] in ("bf16", "fp16")
     assert positive(record["peak_mem_mb"]) and positive(record["achieved_tflops"])
     assert record["mfu"] is None or 0 < record["mfu"] < 1
+
+
+# --------------------------------------------------------------------------
+# bench.eval --reference: fast-reid's compiled evaluator, or its Python one.
+# --------------------------------------------------------------------------
+TINY_REFERENCE = ["--queries", "40", "--gallery", "200", "--repeats", "1", "--reference"]
+
+
+def rank_cy_source():
+    """fast-reid's rank_cy.pyx once Cython and a C compiler are there (otherwise the test
+    skips, or fails under CI, as for a missing peer)."""
+    pyx = peer_file("fastreid", "evaluation/rank_cylib/rank_cy.pyx")
+    try:
+        fastreid_cython.check_tools()
+    except fastreid_cython.BuildError as error:
+        missing_peer(f"{error}: pip install -r requirements-dev.txt")
+    return pyx
+
+
+@pytest.fixture
+def without_cython(monkeypatch, tmp_path):
+    """Cython not importable and an empty build cache, so nothing compiled earlier is found."""
+    peer_file("fastreid", "evaluation/rank.py")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "Cython", None)
+
+
+@pytest.mark.parametrize("dim", [16, 1])  # 1: every score ties, so the re-check runs
+def test_eval_reference_compiles_fastreids_cython_evaluator_and_agrees(dim, capsys):
+    pyx = rank_cy_source()
+    # The first call compiles (about 10 s) into the user's cache; later ones reuse it.
+    returned = bench_eval.main([*TINY_REFERENCE, "--dim", str(dim)])
+    record = last_json_line(capsys)
+    assert record == returned
+    assert record["reference_impl"] == "fast-reid cython (compiled here)"
+    assert record["agree"] and record["max_abs_diff"] < record["agree_tol"] == 1e-5
+    assert record.get("ties_rechecked", False) == (dim == 1)
+    assert positive(record["reference_ms"]) and positive(record["speedup"])
+    # Built outside the installed package.
+    assert not [path.name for path in pyx.parent.iterdir()
+                if path.suffix in (".c", ".so", ".pyd") or path.name == "build"]
+
+
+def test_eval_reference_impl_python_times_fastreids_python_evaluator(capsys):
+    peer_file("fastreid", "evaluation/rank.py")
+    record = bench_eval.main([*TINY_REFERENCE, "--reference-impl", "python"])
+    assert record["reference_impl"] == "fast-reid python"
+    assert record["agree"] and record["agree_tol"] == 1e-9
+    assert positive(record["reference_ms"])
+    assert capsys.readouterr().err == ""
+
+
+def test_eval_reference_falls_back_to_python_with_one_line(without_cython, capsys):
+    record = bench_eval.main(TINY_REFERENCE)
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[-1]) == record
+    assert record["reference_impl"] == "fast-reid python" and record["agree"]
+    assert captured.err.splitlines() == [
+        "Cython not installed (pip install 'cython>=3.0'); "
+        "timing fast-reid's pure-Python evaluator instead"]
+
+
+def test_eval_reference_impl_cython_exits_when_it_cannot_build(without_cython, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_eval.main([*TINY_REFERENCE, "--reference-impl", "cython"])
+    assert exit_info.value.code == ("--reference-impl cython: Cython not installed "
+                                    "(pip install 'cython>=3.0')")
+    assert capsys.readouterr().out == ""
+
+
+def test_eval_reference_impl_needs_reference(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_eval.main(["--queries", "4", "--gallery", "8", "--reference-impl", "python"])
+    assert exit_info.value.code == 2
+    assert "--reference-impl needs --reference" in capsys.readouterr().err
+
+
+def test_failed_cython_build_is_one_line_and_leaves_no_build(tmp_path):
+    rank_cy_source()
+    broken = tmp_path / "rank_cy.pyx"
+    broken.write_text("cpdef evaluate_cy(:\n", encoding="utf-8")
+    cache = tmp_path / "cache"
+    with pytest.raises(fastreid_cython.BuildError) as error:
+        fastreid_cython.load_evaluate_cy(broken, cache)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("building rank_cy.pyx with Cython failed: src/rank_cy.pyx:1:")
+    # Only the log stays: no half-built folder that a later run would take for a build.
+    assert [path.suffix for path in cache.iterdir()] == [".log"]

@@ -241,3 +241,81 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_clip):
     assert plain.keys() == recomputed.keys()
     for name in plain:
         assert torch.allclose(plain[name], recomputed[name], atol=1e-6), name
+
+
+def test_quick_gelu_mlp_equals_its_definition_forward_and_backward():
+    """The MLP folds QuickGELU's constants into its linear layers; the result and every
+    gradient equal c_proj(z * sigmoid(1.702 z)), z = c_fc(x), computed plainly."""
+    from model.clip import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(32, quick_gelu=True)
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    weights = (mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias)
+    folded = mlp(x)
+    grads = torch.autograd.grad(folded.square().sum(), (x, *weights))
+    hidden = mlp.c_fc(x)
+    plain = mlp.c_proj(hidden * torch.sigmoid(1.702 * hidden))
+    plain_grads = torch.autograd.grad(plain.square().sum(), (x, *weights))
+    assert relative_error(folded, plain) < 1e-6
+    for ours, reference in zip(grads, plain_grads):
+        assert relative_error(ours, reference) < 1e-5
+    assert set(mlp.state_dict()) == {"c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias"}
+
+
+def test_text_padding_is_cut_after_the_longest_text_without_changing_features(monkeypatch):
+    """The text tower runs on the batch's tokens up to its last end-of-text token; features,
+    with and without the pseudo word, equal those over all 77 positions (< 1e-5 relative)."""
+    from model.clip import CLIP, build_clip
+
+    clip = build_clip(random_clip_state_dict(PRESETS["tiny"]), image_size=(32, 32)).eval()
+    tokens = tokenize(["a woman in a red coat", "a man with a black backpack and grey shorts",
+                       "a photo of * , and she wears white shoes"], 77)
+    pseudo = torch.randn(3, clip.arch.text_width)
+    lengths = []
+    clip.transformer.register_forward_pre_hook(
+        lambda module, args: lengths.append(args[0].shape[1]))
+    with torch.no_grad():
+        trimmed = clip.encode_text(tokens), clip.encode_text_with_pseudo_token(tokens, pseudo)
+    longest = int(tokens.argmax(dim=-1).max()) + 1
+    assert lengths == [longest, longest] and longest < 20
+    # one text of the full context: nothing to cut; tokens of another length: refused
+    long_tokens = tokenize(["person with a backpack " * 20], 77)
+    assert clip.trim_padding(long_tokens).shape[1] == 77
+    with pytest.raises(ValueError, match="text tokens have length 70"):
+        clip.encode_text(long_tokens[:, :70])
+    monkeypatch.setattr(CLIP, "trim_padding", lambda self, tokens: tokens)
+    with torch.no_grad():
+        full = clip.encode_text(tokens), clip.encode_text_with_pseudo_token(tokens, pseudo)
+    assert lengths[2:] == [77, 77]
+    for ours, reference in zip(trimmed, full):
+        assert relative_error(ours, reference) < 1e-5
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_last_block_at_the_pooled_positions_equals_the_full_outputs_rows(causal):
+    """The transformer asked for one position per sequence computes the last block there
+    only; values and every gradient equal the full computation's rows."""
+    import copy
+
+    from model.clip import Transformer
+
+    torch.manual_seed(0)
+    full = Transformer(64, 2, 4, causal=causal, quick_gelu=True)
+    for parameter in full.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    pooled_model = copy.deepcopy(full)
+    x = torch.randn(3, 9, 64, requires_grad=True)
+    positions = torch.tensor([8, 2, 5]) if causal else torch.zeros(3, dtype=torch.long)
+    rows = torch.arange(3)
+    reference = full(x)[rows, positions]
+    pooled = pooled_model(x, pooled=positions)
+    assert pooled.shape == (3, 64)
+    assert relative_error(pooled, reference) < 1e-6
+    (x_grad,) = torch.autograd.grad(reference.square().sum(), x)
+    (pooled_x_grad,) = torch.autograd.grad(pooled.square().sum(), x)
+    assert relative_error(pooled_x_grad, x_grad) < 1e-5
+    full(x)[rows, positions].square().sum().backward()
+    pooled_model(x, pooled=positions).square().sum().backward()
+    for (name, a), b in zip(full.named_parameters(), pooled_model.parameters()):
+        assert relative_error(b.grad, a.grad) < 1e-5, name

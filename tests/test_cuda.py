@@ -2,6 +2,8 @@
 with bf16/fp16 autocast. ``bash bench/gpu_check.sh`` runs them on a GPU machine."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -12,15 +14,26 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def test_encoders_agree_with_the_cpu(tiny_clip):
+@pytest.fixture
+def no_tf32():
+    """Full fp32 matrix products and convolutions on the GPU (TF32 rounds to ~1e-3)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_encoders_agree_with_the_cpu(tiny_clip, no_tf32):
     model = tiny_clip.eval()
     images = torch.randn(4, 3, 32, 32)
     tokens = tokenize(["a red coat", "blue shorts and a black backpack"])
     with torch.no_grad():
         cpu_image, cpu_text = model.encode_image(images), model.encode_text(tokens)
         gpu = model.cuda()
-        assert torch.allclose(gpu.encode_image(images.cuda()).cpu(), cpu_image, atol=1e-4)
-        assert torch.allclose(gpu.encode_text(tokens.cuda()).cpu(), cpu_text, atol=1e-4)
+        torch.testing.assert_close(gpu.encode_image(images.cuda()).cpu(), cpu_image,
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(gpu.encode_text(tokens.cuda()).cpu(), cpu_text,
+                                   atol=1e-4, rtol=1e-4)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             half = gpu.encode_image(images.cuda()).float().cpu()
         assert torch.nn.functional.cosine_similarity(half, cpu_image).min() > 0.99
@@ -53,3 +66,29 @@ def test_training_and_test_on_cuda_with_autocast(tiny_clip_path, synthetic_root,
     for task, metrics in on_cpu["tasks"].items():
         for metric, value in metrics.items():
             assert on_cuda["tasks"][task][metric] == pytest.approx(value, abs=0.5), (task, metric)
+
+
+def test_fused_adamw_and_trimmed_text_on_cuda(tiny_clip, no_tf32):
+    """On CUDA the optimizer is the fused kernel, and the text tower's features with the
+    padding cut equal those over the whole context."""
+    from easydict import EasyDict
+
+    from engine.trainer import build_optimizer
+    from model.clip import CLIP
+
+    model = copy.deepcopy(tiny_clip).cuda().eval()
+    cfg = EasyDict(train={"weight_decay": 0.2, "lr": 1e-5, "betas": [0.9, 0.98], "eps": 1e-6})
+    assert all(group["fused"] for group in build_optimizer(model, cfg).param_groups)
+    tokens = tokenize(["a red coat", "blue shorts and a black backpack"]).cuda()
+    pseudo = torch.randn(2, model.arch.text_width, device="cuda")
+    full_length = CLIP.trim_padding
+    try:
+        with torch.no_grad():
+            trimmed = (model.encode_text(tokens),
+                       model.encode_text_with_pseudo_token(tokens, pseudo))
+            CLIP.trim_padding = lambda self, tokens: tokens
+            full = model.encode_text(tokens), model.encode_text_with_pseudo_token(tokens, pseudo)
+    finally:
+        CLIP.trim_padding = full_length
+    for ours, reference in zip(trimmed, full):
+        assert ((ours - reference).norm() / reference.norm()).item() < 1e-5

@@ -93,3 +93,59 @@ def test_one_precision_policy():
     assert autocast_dtype(torch.device("cpu"), True, "float16") is None
     with pytest.raises(ConfigError, match="train.amp_dtype='half' is not one of"):
         autocast_dtype(torch.device("cpu"), True, "half")
+
+
+def test_fused_adamw_is_used_on_the_cpu_and_updates_as_foreach_does(monkeypatch):
+    """build_optimizer takes the fused kernel where torch has it (the CPU here); a few steps
+    of it give the weights foreach gives, to float tolerance. Where it is missing, foreach."""
+    cfg = EasyDict(train={"weight_decay": 0.2, "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6})
+
+    def run(kernel):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16),
+                                    torch.nn.Linear(16, 4))
+        optimizer = build_optimizer(model, cfg, {"2.": 10.0})
+        for group in optimizer.param_groups:
+            group.update(kernel)
+        for step in range(5):
+            optimizer.zero_grad(set_to_none=True)
+            model(torch.randn(6, 8, generator=torch.Generator().manual_seed(step))).square() \
+                .mean().backward()
+            optimizer.step()
+        return optimizer, [p.detach().clone() for p in model.parameters()]
+
+    optimizer, _ = run({})
+    assert all(group["fused"] for group in optimizer.param_groups)
+    _, fused = run({"fused": True, "foreach": None})
+    _, foreach = run({"fused": None, "foreach": True})
+    for a, b in zip(fused, foreach):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    real_adamw = torch.optim.AdamW
+
+    def without_fused(params, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+        return real_adamw(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", without_fused)
+    fallback = build_optimizer(torch.nn.Linear(3, 3), cfg)
+    assert all(group["foreach"] and not group["fused"] for group in fallback.param_groups)
+
+
+def test_resume_keeps_the_kernel_chosen_now():
+    """A checkpoint's optimizer groups carry the kernel of the run that saved it; loading
+    keeps the one build_optimizer chose (and the state)."""
+    from engine.trainer import load_optimizer_state
+
+    cfg = EasyDict(train={"weight_decay": 0.2, "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6})
+    model = torch.nn.Linear(4, 4)
+    old = build_optimizer(model, cfg)
+    for group in old.param_groups:
+        group.update(fused=None, foreach=True)
+    model(torch.randn(2, 4)).sum().backward()
+    old.step()
+    optimizer = build_optimizer(model, cfg)
+    load_optimizer_state(optimizer, old.state_dict())
+    assert all(group["fused"] and not group["foreach"] for group in optimizer.param_groups)
+    assert int(optimizer.state[model.weight]["step"]) == 1

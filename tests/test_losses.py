@@ -160,8 +160,10 @@ def test_global_batch_gradients_equal_single_process(tiny_clip_path, tmp_path):
         assert distributed_losses[name] == pytest.approx(value.item(), rel=1e-5), name
     for name, parameter in model.named_parameters():
         if parameter.grad is not None:
+            # elementwise 1e-4, and float noise near zero judged against the tensor's scale
+            scale = parameter.grad.abs().max().item()
             assert torch.allclose(distributed_grads[name], parameter.grad, rtol=1e-4,
-                                  atol=1e-7), name
+                                  atol=1e-5 * scale + 1e-7), name
 
 
 def test_every_stage1_loss_can_be_switched_on(tiny_clip_path):
