@@ -39,6 +39,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Mapping
@@ -529,6 +530,16 @@ class AppHandler(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------------------- command
+def stop_on_signals() -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (kill, process managers) stop serving cleanly, also
+    when the app was started from a script in the background, which ignores SIGINT."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 @exit_on_user_error
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -556,6 +567,7 @@ def main(argv=None) -> None:
     reach = (f"bound to {args.host} only" if is_loopback(args.host)
              else f"listening on {args.host}: other machines may reach it")
     print(f"serving {server.url} (gallery: {len(engine.paths)} photos; {reach})", flush=True)
+    stop_on_signals()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -789,7 +789,8 @@ def test_one_log_line_per_request(engine, caplog, verbose):
 
 
 # ------------------------------------------------------------------------ command line
-def test_command_line_serves_and_stops(market_run, gallery, index_file):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_command_line_serves_and_stops(market_run, gallery, index_file, stop):
     command = [sys.executable, "app.py", "--checkpoint", str(market_run / "checkpoint_best.pth"),
                "--gallery", str(gallery), "--index", str(index_file), "--port", "0",
                "--device", "cpu"]
@@ -805,7 +806,7 @@ def test_command_line_serves_and_stops(market_run, gallery, index_file):
         url = f"http://127.0.0.1:{match[1]}/api/health"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert json.loads(response.read())["gallery"] == int(match[2])
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         out, _ = process.communicate(timeout=20)
         assert process.returncode == 0 and "stopped" in out
     finally:
