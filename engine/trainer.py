@@ -91,13 +91,15 @@ def build_optimizer(model: torch.nn.Module, cfg, lr_scales: dict | None = None):
 
 
 def load_optimizer_state(optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict`` that keeps the kernel chosen by ``build_optimizer``
-    (a checkpoint's groups carry the fused/foreach flags of the run that saved it)."""
+    """``optimizer.load_state_dict`` that keeps the kernel chosen by ``build_optimizer``:
+    a checkpoint's groups carry the fused/foreach flags of the run that saved it, and torch
+    places the loaded state (the step counters) by those flags, so they are set first."""
     kernels = [{key: group.get(key) for key in ("fused", "foreach")}
                for group in optimizer.param_groups]
+    if len(state["param_groups"]) == len(kernels):  # else torch names the mismatch
+        state = {**state, "param_groups": [{**saved, **kernel} for saved, kernel
+                                           in zip(state["param_groups"], kernels)]}
     optimizer.load_state_dict(state)
-    for group, kernel in zip(optimizer.param_groups, kernels):
-        group.update(kernel)
 
 
 def to_cpu(value):

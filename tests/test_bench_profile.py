@@ -84,3 +84,31 @@ def test_profile_prints_the_categories_and_the_achieved_rate(stage, tmp_path, ca
     assert record["matmul_peak_tflops"] > 0 and record["of_matmul_peak"] > 0
     # the text tower runs up to the longest text, which the FLOP count follows
     assert 3 < record["text_length"] < 77
+
+
+def test_ab_runs_both_checkouts_in_turn_and_reports_the_median_ratio(capsys):
+    """bench.ab against this same checkout: one line per run, then the medians and ratios."""
+    from pathlib import Path
+
+    from bench import ab
+
+    here = Path(ab.__file__).resolve().parent.parent
+    summary = ab.main(["--before", str(here), "--rounds", "2", "--bench", "bench.eval",
+                       "--metric", "rank_metrics_ms", "--", "--queries", "40",
+                       "--gallery", "400", "--ids", "10", "--repeats", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in out[:4]] == [
+        ["round", "1", "before"], ["round", "1", "after"],
+        ["round", "2", "before"], ["round", "2", "after"]]
+    assert json.loads(out[-1]) == summary
+    assert summary["rounds"] == 2 and len(summary["ratios"]) == 2
+    assert summary["ratio_min"] <= summary["ratio_median"] <= summary["ratio_max"]
+    assert summary["before_median"] > 0 and summary["after_median"] > 0
+    assert summary["peak_mem_ratio"] > 0
+
+
+def test_ab_refuses_a_folder_that_is_not_a_checkout(tmp_path, capsys):
+    from bench import ab
+
+    with pytest.raises(SystemExit, match="has no bench.train_step"):
+        ab.main(["--before", str(tmp_path), "--rounds", "1", "--", "--steps", "1"])
