@@ -92,3 +92,37 @@ def test_fused_adamw_and_trimmed_text_on_cuda(tiny_clip, no_tf32):
         CLIP.trim_padding = full_length
     for ours, reference in zip(trimmed, full):
         assert ((ours - reference).norm() / reference.norm()).item() < 1e-5
+
+
+def test_resume_from_a_foreach_checkpoint_steps_with_fused_adamw_on_cuda():
+    """A checkpoint written by a foreach run (step counters on the CPU) loads into the fused
+    optimizer on CUDA and steps; the result equals continuing the foreach run."""
+    from easydict import EasyDict
+
+    from engine.trainer import build_optimizer, load_optimizer_state
+
+    cfg = EasyDict(train={"weight_decay": 0.2, "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).cuda()
+    inputs = torch.randn(4, 8, device="cuda")
+    old = build_optimizer(model, cfg)
+    for group in old.param_groups:
+        group.update(fused=None, foreach=True)
+    model(inputs).square().mean().backward()
+    old.step()
+    saved_model, saved_state = copy.deepcopy(model.state_dict()), copy.deepcopy(old.state_dict())
+
+    old.zero_grad(set_to_none=True)
+    model(inputs).square().mean().backward()
+    old.step()  # the foreach run, one step further
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    model.load_state_dict(saved_model)
+    model.zero_grad(set_to_none=True)
+    optimizer = build_optimizer(model, cfg)
+    load_optimizer_state(optimizer, saved_state)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    model(inputs).square().mean().backward()
+    optimizer.step()
+    for ours, reference in zip(model.parameters(), expected):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
