@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks and benchmarks for a machine with a CUDA GPU; about 3-4 minutes on one H100.
+# Checks and benchmarks for a machine with a CUDA GPU; about 2 minutes on one H100 (QUICK_SUITE=0).
 #
 #   bash bench/gpu_check.sh                 # JSON lines to a temporary file (and stdout)
 #   OUT=/some/dir bash bench/gpu_check.sh   # ... and to /some/dir/bench.jsonl
