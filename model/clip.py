@@ -331,6 +331,8 @@ class CLIP(nn.Module):
             raise ValueError(f"text tokens have length {tokens.shape[1]}, the model expects "
                              f"{self.context_length} (tokenize(..., context_length="
                              f"{self.context_length}))")
+        if tokens.shape[0] == 0:
+            return tokens
         return tokens[:, :int(end_of_text_positions(tokens).max()) + 1]
 
     def _encode_token_embeddings(self, embeddings: torch.Tensor,
