@@ -5,13 +5,23 @@
 same way. The defaults are those of the paper's code: ImageNet mean/std, bilinear resize
 for training and bicubic for testing, two transforms drawn with replacement from six,
 grayscale with probability 0.1.
+
+The resize is PIL's own, on the 8-bit PIL image, and the result becomes floats in [0, 1]
+as ``ToTensor()`` makes them (value / 255), as in the paper's code: torchvision's
+``Resize`` on a PIL image calls ``PIL.Image.resize`` with the same filter. Resizing a
+uint8 tensor with torchvision's tensor kernel instead moves pixels by 1-2/255 from
+64x128 photos, up to 9/255 from 128x384 ones (to 224x224), enough to swap near-tied
+gallery photos (``tests/test_preprocessing.py``).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.functional import to_pil_image
 
 from utils.errors import ConfigError
 
@@ -20,6 +30,56 @@ NORMALIZATIONS = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+_RESAMPLING = getattr(Image, "Resampling", Image)  # Pillow < 9.1 keeps the filters on Image
+PIL_FILTERS = {InterpolationMode.BICUBIC: _RESAMPLING.BICUBIC,
+               InterpolationMode.BILINEAR: _RESAMPLING.BILINEAR}
+
+
+def as_rgb_image(image) -> Image.Image:
+    """A PIL image, or a uint8 tensor [C, H, W] (C = 1 or 3, e.g. from
+    ``torchvision.io.decode_image``) -> an RGB PIL image.
+
+    Other modes are converted as ``datasets.base.read_image`` converts files (``L`` repeated
+    over the channels, the alpha of ``RGBA`` dropped). A uint8 tensor converts to PIL
+    without loss, so it gives exactly the result of the PIL image it holds. A float tensor
+    is refused: PIL resamples 8-bit images, and rounding it to 8 bits here would hide that.
+    """
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        if image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] in (1, 3):
+            return to_pil_image(image.cpu()).convert("RGB")
+        raise TypeError(f"image transforms take a PIL image or a uint8 tensor [C, H, W] with "
+                        f"C = 1 or 3, not a {image.dtype} tensor of shape {list(image.shape)}; "
+                        "convert a float image in [0, 1] to 8 bits first, as the resize "
+                        "works on 8-bit pixels")
+    raise TypeError(f"image transforms take a PIL image or a uint8 tensor [C, H, W], "
+                    f"not {type(image).__name__}")
+
+
+class ResizePIL:
+    """RGB PIL image -> PIL image of ``size`` [H, W] (aspect ratio not kept), resampled by
+    ``PIL.Image.resize`` with ``interpolation``'s filter (antialiased, as PIL always is)."""
+
+    def __init__(self, size: Sequence[int], interpolation: InterpolationMode):
+        self.size = tuple(size)
+        self.interpolation = interpolation
+        self.resample = PIL_FILTERS[interpolation]
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        height, width = self.size
+        return image.resize((width, height), resample=self.resample)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, interpolation={self.interpolation})"
+
+
+def to_float_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor [3, H, W] in [0, 1]: value / 255, as ``ToTensor()``."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))  # [H, W, 3]
+    # One pass to float in [3, H, W] layout, then divide in place (the same values).
+    return pixels.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format
+                                      ).div_(255)
 
 
 class RandomChoiceOf:
@@ -63,20 +123,20 @@ def _normalize(name: str) -> v2.Normalize:
     return v2.Normalize(*NORMALIZATIONS[name])
 
 
-def _resize(image_size: Sequence[int], interpolation: str) -> v2.Resize:
+def _resize(image_size: Sequence[int], interpolation: str) -> ResizePIL:
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"data.test_interpolation={interpolation!r} is not one of "
                           f"{', '.join(INTERPOLATIONS)}")
-    return v2.Resize(tuple(image_size), interpolation=INTERPOLATIONS[interpolation],
-                     antialias=True)
+    return ResizePIL(image_size, INTERPOLATIONS[interpolation])
 
 
 def train_transform(cfg):
-    """PIL image -> normalised float tensor [3, H, W]: bilinear resize, then (with
-    ``data.augment``) ``data.num_augments`` transforms of the paper's pool."""
+    """Image -> normalised float tensor [3, H, W] (``model.image_size``): PIL's bilinear
+    resize, /255, then (with ``data.augment``) ``data.num_augments`` transforms of the
+    paper's pool. Takes what ``as_rgb_image`` takes: a PIL image (any mode) or a uint8
+    tensor [C, H, W], which gives the same result; a float tensor is a ``TypeError``."""
     data = cfg.data
-    steps = [v2.ToImage(), _resize(cfg.model.image_size, "bilinear"),
-             v2.ToDtype(torch.float32, scale=True)]
+    steps = [as_rgb_image, _resize(cfg.model.image_size, "bilinear"), to_float_tensor]
     if data.augment and data.num_augments > 0:
         steps.append(RandomChoiceOf(augmentations(cfg.model.image_size, data.grayscale_p),
                                     data.num_augments, data.augment_replacement))
@@ -85,6 +145,8 @@ def train_transform(cfg):
 
 
 def eval_transform(cfg):
-    """PIL image -> normalised float tensor [3, H, W] for evaluation and search."""
-    return v2.Compose([v2.ToImage(), _resize(cfg.model.image_size, cfg.data.test_interpolation),
-                       v2.ToDtype(torch.float32, scale=True), _normalize(cfg.data.normalize)])
+    """Image -> normalised float tensor [3, H, W] for evaluation and search: PIL's resize
+    with ``data.test_interpolation`` (bicubic by default), /255, normalisation. Inputs as
+    for ``train_transform``."""
+    return v2.Compose([as_rgb_image, _resize(cfg.model.image_size, cfg.data.test_interpolation),
+                       to_float_tensor, _normalize(cfg.data.normalize)])
