@@ -28,7 +28,7 @@ from utils.checkpoint import (
 from utils.config import save_config, to_plain
 from utils.errors import ConfigError, UserError
 from utils.logger import setup_logging
-from utils.precision import autocast, training_dtype
+from utils.precision import autocast, full_float32, training_dtype
 from utils.schedule import learning_rate
 
 log = logging.getLogger(__name__)
@@ -406,31 +406,38 @@ class Trainer:
     def _evaluate_and_select(self) -> dict:
         cfg, stage = self.cfg, self.stage
         record = {"epoch": self.epoch, "step": self.step}
-        score = None
         if self.main:
-            model = self.model.eval()
-            started = time.time()
-            select_on = self.select_on
-            record["test"] = stage.evaluate(model, cfg, "test", self.device, self.trial)
-            self.training_log.evaluation(self.step, results_rows(record["test"]), "test")
-            log.info("\n%s", format_table(results_rows(record["test"]),
-                                          f"epoch {self.epoch} test"))
-            if select_on != "test":
-                record[select_on] = stage.evaluate(model, cfg, select_on, self.device, self.trial)
-                log.info("\n%s", format_table(results_rows(record[select_on]),
-                                              f"epoch {self.epoch} {select_on}"))
-            score = stage.selection_score(record[select_on], cfg)
-            record["select"] = {"split": select_on, "score": score}
-            record["eval_seconds"] = round(time.time() - started, 1)
-            with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+            with full_float32():
+                score = self._evaluate(record)
             if score > self.best_score:
                 self.best_score = score
                 self._save("checkpoint_best.pth")
                 log.info("new best %s %.2f on %s: saved checkpoint_best.pth",
-                         stage.selection_name(cfg), score, select_on)
+                         stage.selection_name(cfg), score, self.select_on)
         distributed.barrier()
         return record
+
+    def _evaluate(self, record: dict) -> float:
+        """Evaluate on the test split (and the selection split), log, append to
+        metrics.jsonl; return the selection score."""
+        cfg, stage = self.cfg, self.stage
+        model = self.model.eval()
+        started = time.time()
+        select_on = self.select_on
+        record["test"] = stage.evaluate(model, cfg, "test", self.device, self.trial)
+        self.training_log.evaluation(self.step, results_rows(record["test"]), "test")
+        log.info("\n%s", format_table(results_rows(record["test"]),
+                                      f"epoch {self.epoch} test"))
+        if select_on != "test":
+            record[select_on] = stage.evaluate(model, cfg, select_on, self.device, self.trial)
+            log.info("\n%s", format_table(results_rows(record[select_on]),
+                                          f"epoch {self.epoch} {select_on}"))
+        score = stage.selection_score(record[select_on], cfg)
+        record["select"] = {"split": select_on, "score": score}
+        record["eval_seconds"] = round(time.time() - started, 1)
+        with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        return score
 
     # ---------------------------------------------------------------------- checkpoints
     def _save(self, name: str) -> None:

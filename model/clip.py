@@ -65,12 +65,25 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` here (any torch since 2.1)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return (torch.is_autocast_cpu_enabled() if device_type == "cpu"
+                else torch.is_autocast_enabled())
+
+
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 (stable under fp16/bf16 autocast), output in input dtype."""
+    """LayerNorm computed in float32. Under autocast its output stays float32, as
+    ``nn.LayerNorm`` under CUDA autocast returns it (the paper's code): from ``ln_pre`` on,
+    ``x + attn(ln_1(x))`` then keeps the image tower's residual stream in float32 while the
+    matrix products run in half precision. Outside autocast, the input's dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
-                            self.bias.float(), self.eps).to(x.dtype)
+        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
+                           self.bias.float(), self.eps)
+        return out if autocast_enabled(x.device.type) else out.to(x.dtype)
 
 
 QUICK_GELU_SLOPE = 1.702  # QuickGELU(x) = x * sigmoid(1.702 x) = silu(1.702 x) / 1.702

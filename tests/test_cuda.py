@@ -126,3 +126,57 @@ def test_resume_from_a_foreach_checkpoint_steps_with_fused_adamw_on_cuda():
     optimizer.step()
     for ours, reference in zip(model.parameters(), expected):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_stream_under_cuda_fp16_autocast_is_float32(tiny_clip):
+    """Under CUDA float16 autocast the norms return float32 as ``nn.LayerNorm`` does (the
+    paper's code's LayerNorm), so every block of both towers gets a float32 stream."""
+    from model.clip import LayerNorm
+
+    model = copy.deepcopy(tiny_clip).cuda().train()
+    x = torch.randn(2, 5, 64, device="cuda", dtype=torch.float16)
+    with torch.autocast("cuda", dtype=torch.float16):
+        plain = torch.nn.LayerNorm(64).cuda()(x)
+        ours = LayerNorm(64).cuda()(x)
+    assert plain.dtype == ours.dtype == torch.float32
+    torch.testing.assert_close(ours, plain)
+    seen = []
+    for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]:
+        block.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    tokens = tokenize(["a red coat", "blue shorts"]).cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        image_feats = model.encode_image(torch.randn(2, 3, 32, 32, device="cuda"))
+        text_feats = model.encode_text(tokens)
+    assert seen == [torch.float32] * len(seen) and len(seen) == 4
+    assert image_feats.dtype == text_feats.dtype == torch.float16
+
+
+def test_one_fp16_autocast_training_step(tiny_clip_path):
+    """One optimizer step of stage 1 under float16 autocast with the grad scaler: finite
+    loss terms, every trainable parameter moved, the scaler's scale unchanged (no skip)."""
+    from easydict import EasyDict
+
+    from engine.trainer import build_optimizer, train_step
+    from model.adapt import AdaptModel
+    from model.clip import load_clip
+    from utils.config import defaults
+
+    torch.manual_seed(0)
+    clip = load_clip(tiny_clip_path, image_size=(32, 16))
+    model = AdaptModel(clip, EasyDict(defaults()["loss"]), num_classes=4).cuda().train()
+    cfg = EasyDict(train={"weight_decay": 0.02, "lr": 1e-4, "betas": [0.9, 0.98], "eps": 1e-8})
+    optimizer = build_optimizer(model, cfg)
+    # A moderate first scale: 2**16 may overflow on a first step and skip it by design.
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 10)
+    batch = {"photo": torch.randn(8, 3, 32, 16), "sketch": torch.randn(8, 3, 32, 16),
+             "tokens": tokenize([f"a person in coat number {i}" for i in range(8)]),
+             "label": torch.arange(8) % 4}
+    batch = {key: value.cuda() for key, value in batch.items()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    loss, losses = train_step(model, optimizer, scaler, batch, {"alpha": 0.5},
+                              torch.device("cuda"), torch.float16)
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in losses.values())
+    assert scaler.get_scale() == 2.0 ** 10  # no overflow, so the step was taken
+    unchanged = [name for name, p in model.named_parameters()
+                 if p.requires_grad and torch.equal(p.detach(), before[name])]
+    assert not unchanged, unchanged

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from easydict import EasyDict
 
@@ -12,22 +13,34 @@ from utils.precision import training_dtype
 from utils.schedule import learning_rate
 
 
-def reference_rate(step, total, warmup, peak, start, end):
-    if step < warmup:
-        return start + (peak - start) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * progress))
+def reference_schedule(total, warmup, peak, start, end):
+    """The paper's code's schedule as one array (misc/build.py, ``cosine_scheduler``): the
+    warm-up as evenly spaced points from start to peak, both ends included, then a cosine
+    over the remaining steps."""
+    warm = np.linspace(start, peak, warmup) if warmup > 0 else np.array([])
+    steps = np.arange(total - warmup)
+    decay = end + 0.5 * (peak - end) * (1 + np.cos(np.pi * steps / max(1, len(steps))))
+    return np.concatenate((warm, decay))
 
 
-def test_schedule_matches_the_formula():
-    for total, warmup in ((100, 10), (37, 0), (5, 5)):
-        for step in range(total + 3):
+def test_schedule_is_the_paper_codes_step_for_step():
+    for total, warmup in ((100, 10), (37, 0), (5, 5), (12, 1), (12, 2), (1, 1)):
+        expected = reference_schedule(total, warmup, 1e-4, 1e-6, 5e-6)
+        assert len(expected) == total
+        for step in range(total):
             assert math.isclose(learning_rate(step, total, warmup, 1e-4, 1e-6, 5e-6),
-                                reference_rate(step, total, warmup, 1e-4, 1e-6, 5e-6))
+                                expected[step], rel_tol=1e-12), (total, warmup, step)
+
+
+def test_schedule_landmarks():
     assert learning_rate(0, 100, 10, 1e-4, 1e-6, 0.0) == 1e-6
+    # The peak is reached at the last warm-up step, W - 1, and held at W (cosine start).
+    assert math.isclose(learning_rate(9, 100, 10, 1e-4, 1e-6, 0.0), 1e-4)
+    assert learning_rate(8, 100, 10, 1e-4, 1e-6, 0.0) < 1e-4
     assert learning_rate(10, 100, 10, 1e-4, 1e-6, 0.0) == 1e-4
     assert math.isclose(learning_rate(55, 100, 10, 1e-4, 1e-6, 0.0), 5e-5)
     assert learning_rate(100, 100, 10, 1e-4, 1e-6, 2e-6) == 2e-6
+    assert learning_rate(0, 100, 1, 1e-4, 1e-6, 0.0) == 1e-6  # one warm-up step: the start
 
 
 def test_optimizer_groups():

@@ -38,3 +38,16 @@ def inference_dtype(device: torch.device, cfg):
     """Autocast dtype of evaluation and search (``test.amp``, ``train.amp_dtype``; off:
     float32, as the paper's code evaluates)."""
     return autocast_dtype(device, cfg.test.amp, cfg.train.amp_dtype)
+
+
+@contextlib.contextmanager
+def full_float32():
+    """Float32 matrix products and convolutions on CUDA at full precision (TF32 off) inside,
+    the previous settings restored after. Training turns TF32 on for speed; evaluation,
+    which picks the best checkpoint, runs without it, as the paper's code evaluates."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
