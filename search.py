@@ -82,6 +82,9 @@ def main(argv=None) -> list:
     sketch = read_image(sketch_path) if sketch_path is not None else None
     engine = SearchEngine(args.checkpoint, args.gallery, args.index, args.device,
                           overrides=args.overrides)
+    if sketch is not None and not engine.cfg.data.load_truncated_images:
+        # Read above with the default (truncated files load), before the config was known.
+        sketch = read_image(sketch_path, load_truncated_images=False)
     feedback = list(args.text)
     engine.check_query(sketch is not None, feedback)
     if args.interactive and sketch is not None and not engine.composes:

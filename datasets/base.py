@@ -1,20 +1,28 @@
 """What every dataset produces: training samples and evaluation sets, plus image reading."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import random
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
 from model.tokenizer import tokenize
 from utils.errors import DatasetError
 
+log = logging.getLogger(__name__)
+
 # Image files the project reads: dataset loaders, sketch drawing, search galleries.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# What PIL raises for a file it cannot decode (decoders raise several types).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # What goes wrong in a dataset, by kind; a parser returns [(kind, message), ...] so that the
 # loaders stop at the first and ``datasets.check`` lists them all.
 PROBLEM_KINDS = {
@@ -27,16 +35,111 @@ PROBLEM_KINDS = {
 }
 
 
-def read_image(path: Path) -> Image.Image:
-    """Open an image as RGB; an unreadable file is a ``DatasetError`` naming it."""
-    try:
+class _TruncationSwitch:
+    """When PIL may load a truncated file, per decode, without racing between threads.
+
+    PIL decides from one module-wide flag (``ImageFile.LOAD_TRUNCATED_IMAGES``), read in
+    the middle of decoding. Ordinary decodes share this switch; a lenient one holds it
+    alone, with the flag set only meanwhile, so that no other thread of the process decodes
+    leniently by accident. Lenient decodes are rare (damaged files only), so ordinary ones
+    hardly ever wait. Each DataLoader worker process has its own flag and switch.
+    """
+
+    def __init__(self):
+        self._state = threading.Condition()
+        self._ordinary = 0  # ordinary decodes running
+        self._lenient_waiting = 0
+        self._lenient = False
+
+    @contextlib.contextmanager
+    def ordinary(self):
+        with self._state:
+            while self._lenient or self._lenient_waiting:
+                self._state.wait()
+            self._ordinary += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._ordinary -= 1
+                if not self._ordinary:
+                    self._state.notify_all()
+
+    @contextlib.contextmanager
+    def lenient(self):
+        with self._state:
+            self._lenient_waiting += 1
+            while self._lenient or self._ordinary:
+                self._state.wait()
+            self._lenient_waiting -= 1
+            self._lenient = True
+        before = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
+            with self._state:
+                self._lenient = False
+                self._state.notify_all()
+
+
+_SWITCH = _TruncationSwitch()
+_reported_truncated = set()  # paths already named in the log by this process
+_reported_lock = threading.Lock()
+
+
+def report_truncated(path: Path, why: str) -> None:
+    """Name a truncated image in the log, once per path and process."""
+    with _reported_lock:
+        if path in _reported_truncated:
+            return
+        _reported_truncated.add(path)
+    log.warning("truncated image, loaded as far as its data go "
+                "(data.load_truncated_images=true): %s (%s)", path, why)
+
+
+def _decode(path: Path, finish: Callable, lenient: bool):
+    """``finish(image)`` of the opened image, with truncated data allowed or not."""
+    with _SWITCH.lenient() if lenient else _SWITCH.ordinary():
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return finish(image)
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+def read_image(path: Path, load_truncated_images: bool = True) -> Image.Image:
+    """Open an image as RGB; an unreadable file is a ``DatasetError`` naming it.
+
+    With ``load_truncated_images`` (``data.load_truncated_images``; the paper's code sets
+    PIL's flag for the whole process), a file that decodes only with truncated data
+    allowed (a cut-off JPEG or PNG) loads as far as its data go, at its full size, the
+    rest filled in, and is named in the log once. Intact files are decoded once, as usual.
+    """
+    try:
+        return _decode(path, _as_rgb, lenient=False)
     except FileNotFoundError:
         raise DatasetError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DatasetError(f"corrupt or unreadable image: {path} ({error}); set "
-                           "data.skip_bad_images=true to skip such files") from None
+    except DECODE_ERRORS as error:
+        strict_error = error
+    if load_truncated_images:
+        try:
+            image = _decode(path, _as_rgb, lenient=True)
+        except DECODE_ERRORS:
+            pass  # unreadable either way: report the first error
+        else:
+            report_truncated(path, _why(strict_error))
+            return image
+    hint = ("data.load_truncated_images=true to load it as far as its data go, or "
+            if "truncated" in str(strict_error) and not load_truncated_images else "")
+    raise DatasetError(f"corrupt or unreadable image: {path} ({strict_error}); set "
+                       f"{hint}data.skip_bad_images=true to skip such files") from None
+
+
+def _why(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def read_lines(path: Path) -> list:
@@ -117,7 +220,7 @@ class PairDataset(Dataset):
     def __init__(self, samples: Sequence[TrainSample], photo_transform: Callable,
                  sketch_transform: Callable, context_length: int = 77,
                  backtrans_p: float = 0.0, with_text: bool = True, with_view: bool = False,
-                 with_caption: bool = False):
+                 with_caption: bool = False, load_truncated_images: bool = True):
         if not samples:
             raise DatasetError("the training split is empty")
         self.samples = list(samples)
@@ -127,6 +230,7 @@ class PairDataset(Dataset):
         self.with_text = with_text
         self.with_view = with_view  # a second augmented photo (SimCLR self-supervision)
         self.with_caption = with_caption
+        self.load_truncated_images = load_truncated_images  # see ``read_image``
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -143,11 +247,11 @@ class PairDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            item = {"photo": self.photo_transform(read_image(rng.choice(sample.photos))),
-                    "sketch": self.sketch_transform(read_image(sample.sketch)),
+            item = {"photo": self.photo_transform(self._read(rng.choice(sample.photos))),
+                    "sketch": self.sketch_transform(self._read(sample.sketch)),
                     "label": torch.tensor(sample.label)}
             if self.with_view:
-                item["photo_view"] = self.photo_transform(read_image(rng.choice(sample.photos)))
+                item["photo_view"] = self.photo_transform(self._read(rng.choice(sample.photos)))
         if self.with_text:
             use_bt = bool(sample.captions_bt) and rng.random() < self.backtrans_p
             caption = rng.choice(sample.captions_bt if use_bt else sample.captions)
@@ -156,60 +260,111 @@ class PairDataset(Dataset):
                 item["caption"] = caption  # MixGen joins captions when collating
         return item
 
+    def _read(self, path: Path) -> Image.Image:
+        return read_image(path, self.load_truncated_images)
+
 
 class ImageListDataset(Dataset):
-    """Images for feature extraction: yields ``(tensor, index)``."""
+    """Images for feature extraction: yields ``(tensor, index)``; ``load_truncated_images``:
+    see ``read_image``."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable):
+    def __init__(self, paths: Sequence[Path], transform: Callable,
+                 load_truncated_images: bool = True):
         self.paths, self.transform = list(paths), transform
+        self.load_truncated_images = load_truncated_images
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return self.transform(read_image(self.paths[index])), index
+        image = read_image(self.paths[index], self.load_truncated_images)
+        return self.transform(image), index
 
 
-def image_problem(path: Path) -> str | None:
-    """None when the image at ``path`` decodes, else why not: the one readability check.
-    JPEGs are decoded at 1/8 scale: every byte is still read, at a fraction of the cost."""
+class ImageCheck(NamedTuple):
+    """What decoding a file found: ``problem`` is None for an intact image, else why it
+    does not decode as a whole; ``truncated``: it decodes with truncated data allowed."""
+
+    problem: str | None
+    truncated: bool = False
+
+
+def _decode_all(image: Image.Image) -> None:
+    # JPEGs are decoded at 1/8 scale: every byte is still read, at a fraction of the cost.
+    if image.format == "JPEG":
+        image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+    image.load()
+
+
+def check_image(path: Path) -> ImageCheck:
+    """Decode the image at ``path``: the one readability check. A file that fails is
+    decoded once more with truncated data allowed, to tell a truncated file (which
+    ``data.load_truncated_images=true`` loads) from an unreadable one."""
     try:
-        with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
+        _decode(path, _decode_all, lenient=False)
+        return ImageCheck(None)
     except Exception as error:  # decoders raise many types for damaged files
-        return f"{type(error).__name__}: {error}"
-    return None
+        problem = _why(error)
+        if isinstance(error, FileNotFoundError):
+            return ImageCheck(problem)
+    try:
+        _decode(path, _decode_all, lenient=True)
+    except Exception:  # unreadable either way
+        return ImageCheck(problem)
+    return ImageCheck(problem, truncated=True)
 
 
-def unreadable_images(paths) -> set:
-    """The paths among ``paths`` that cannot be decoded (each read once, in threads)."""
+def image_problem(path: Path, load_truncated_images: bool = True) -> str | None:
+    """None when the image at ``path`` can be read (a truncated one too, with
+    ``load_truncated_images``), else why not."""
+    found = check_image(path)
+    return None if found.truncated and load_truncated_images else found.problem
+
+
+class ImageScan(NamedTuple):
+    """What ``scan_images`` found."""
+
+    unreadable: set  # paths that cannot be read (truncated ones too, without the key)
+    truncated: set  # paths loaded as far as their data go (with the key)
+
+
+def scan_images(paths, load_truncated_images: bool = True) -> ImageScan:
+    """Decode each of ``paths`` once (in threads): which cannot be read and which are
+    truncated (each of those is named in the log once)."""
     from concurrent.futures import ThreadPoolExecutor
 
     unique = sorted(set(paths))
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return {path for path, problem in zip(unique, pool.map(image_problem, unique))
-                if problem is not None}
+        found = dict(zip(unique, pool.map(check_image, unique)))
+    truncated = {path for path, check in found.items()
+                 if check.truncated and load_truncated_images}
+    for path in sorted(truncated):
+        report_truncated(path, found[path].problem)
+    return ImageScan({path for path, check in found.items()
+                      if check.problem is not None and path not in truncated}, truncated)
 
 
-def drop_samples_with_bad_images(samples: list) -> tuple:
-    """(usable samples, unreadable paths): samples lose unreadable photos; a sample whose
-    sketch or every photo is unreadable is dropped."""
-    bad = unreadable_images([p for s in samples for p in s.photos] + [s.sketch for s in samples])
+def drop_samples_with_bad_images(samples: list, load_truncated_images: bool = True) -> tuple:
+    """(usable samples, unreadable paths, truncated paths): samples lose unreadable photos;
+    a sample whose sketch or every photo is unreadable is dropped."""
+    bad, truncated = scan_images([p for s in samples for p in s.photos] +
+                                 [s.sketch for s in samples], load_truncated_images)
     kept = []
     for sample in samples:
         photos = tuple(p for p in sample.photos if p not in bad)
         if photos and sample.sketch not in bad:
             kept.append(dataclasses.replace(sample, photos=photos))
-    return kept, bad
+    return kept, bad, truncated
 
 
-def drop_bad_images_from_eval_set(eval_set: EvalSet) -> tuple:
-    """(EvalSet without unreadable gallery photos or query sketches, unreadable paths)."""
-    bad = unreadable_images(list(eval_set.gallery_paths) + list(eval_set.sketch_paths))
+def drop_bad_images_from_eval_set(eval_set: EvalSet, load_truncated_images: bool = True
+                                  ) -> tuple:
+    """(EvalSet without unreadable gallery photos or query sketches, unreadable paths,
+    truncated paths)."""
+    bad, truncated = scan_images(list(eval_set.gallery_paths) + list(eval_set.sketch_paths),
+                                 load_truncated_images)
     if not bad:
-        return eval_set, bad
+        return eval_set, bad, truncated
     keep_g = [i for i, p in enumerate(eval_set.gallery_paths) if p not in bad]
     keep_q = [i for i, p in enumerate(eval_set.sketch_paths) if p not in bad]
     def pick(values, rows):
@@ -221,4 +376,4 @@ def drop_bad_images_from_eval_set(eval_set: EvalSet) -> tuple:
         sketch_paths=pick(eval_set.sketch_paths, keep_q),
         sketch_ids=pick(eval_set.sketch_ids, keep_q),
         sketch_cams=pick(eval_set.sketch_cams, keep_q),
-        feedback=pick(eval_set.feedback, keep_q) if eval_set.feedback else []), bad
+        feedback=pick(eval_set.feedback, keep_q) if eval_set.feedback else []), bad, truncated

@@ -18,10 +18,14 @@ Everything is read with the loaders' own parsers (``pedes.parse_annotations`` an
 ``locate``, ``market_sketch.person_id``, ``pku_sketch.parse_captions``, ``parse_index``,
 ``scan_photos``...), which return every problem instead of stopping at the first.
 
-Then every problem, in groups (20 of each are listed, then a count): annotation files or
-folders that are missing or cannot be parsed, annotation entries pointing at nothing,
-missing sketches, people whose sketch has no photo (or no attributes), unreadable
-images (every image is decoded, in parallel) and empty splits.
+Then every warning and every problem, in groups (20 of each are listed, then a count).
+Warnings do not stop training: truncated images, which load as far as their data go with
+``data.load_truncated_images=true`` (the default; with false they are unreadable), and
+PKU-Sketch visible lists (``idx/*_visible_*.txt``) that disagree with ``photo/`` (the
+loaders take every photo of a split's people from ``photo/``). Problems: annotation files
+or folders that are missing or cannot be parsed, annotation entries pointing at nothing,
+missing sketches, people whose sketch has no photo (or no attributes), unreadable images
+(every image is decoded, in parallel) and empty splits.
 
 Exit status: 0 when training would work, 1 when it would fail (any problem above;
 unreadable images do not count when ``data.skip_bad_images=true``, which skips them), 2
@@ -42,13 +46,20 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import datasets as registry
-from datasets.base import PROBLEM_KINDS, image_problem
+from datasets.base import PROBLEM_KINDS, check_image
 from utils.config import config_from_command_line
 from utils.errors import ConfigError, exit_on_user_error
 
 LIST_LIMIT = 20  # problems printed per group; --json has them all
 
 CATEGORIES = PROBLEM_KINDS
+# What is worth knowing but does not stop training, by kind.
+WARNING_KINDS = {
+    "truncated": "truncated images, loaded as far as their data go "
+                 "(data.load_truncated_images=true)",
+    "split_lists": "visible lists that disagree with photo/ (the photos of a split's people "
+                   "come from photo/)",
+}
 
 
 class Report:
@@ -58,6 +69,7 @@ class Report:
         self.dataset, self.root = dataset, root
         self.tables = {}  # title -> {"columns": [...], "rows": {split: {column: int}}}
         self.problems = {key: [] for key in CATEGORIES}
+        self.warnings = {key: [] for key in WARNING_KINDS}
         self._seen = set()
         self.images = {}  # path -> where it is used (first use)
         self.images_checked = 0
@@ -71,6 +83,13 @@ class Report:
         if key not in self._seen:
             self._seen.add(key)
             self.problems[category].append(message)
+
+    def warning(self, kind: str, message: str) -> None:
+        """Record something that does not stop training, once."""
+        key = ("warning", kind, message)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.warnings[kind].append(message)
 
     def image(self, path: Path, where: str) -> None:
         self.images.setdefault(path, where)
@@ -104,7 +123,9 @@ class Report:
 # Images
 # ----------------------------------------------------------------------------
 
-def check_images(report: Report, workers: int) -> None:
+def check_images(report: Report, workers: int, load_truncated_images: bool = True) -> None:
+    """Decode every queued image: unreadable ones are problems; truncated ones are warnings
+    with ``load_truncated_images``, else problems."""
     from tqdm import tqdm
 
     paths = sorted(report.images)
@@ -116,12 +137,15 @@ def check_images(report: Report, workers: int) -> None:
               dynamic_ncols=True) as progress:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
-            results = pool.map(image_problem, paths, chunksize=64) if pool \
-                else map(image_problem, paths)
-            for path, problem in zip(paths, results):
-                if problem is not None:
-                    report.problem("unreadable", f"{report.name(path)} ({report.images[path]}): "
-                                                 f"{problem}")
+            results = pool.map(check_image, paths, chunksize=64) if pool \
+                else map(check_image, paths)
+            for path, found in zip(paths, results):
+                if found.problem is not None:
+                    message = f"{report.name(path)} ({report.images[path]}): {found.problem}"
+                    if found.truncated and load_truncated_images:
+                        report.warning("truncated", message)
+                    else:
+                        report.problem("unreadable", message)
                 progress.update()
         finally:
             if pool:
@@ -147,28 +171,42 @@ def format_table(title: str, table: dict) -> str:
     return "\n".join(lines)
 
 
+def format_groups(groups: dict, headings: dict, notes: dict | None = None) -> list:
+    """Lines of each non-empty group: its heading and count, then its first items."""
+    lines = []
+    for kind, heading in headings.items():
+        items = groups[kind]
+        if not items:
+            continue
+        lines.append(f"  {heading} ({len(items)}){(notes or {}).get(kind, '')}:")
+        lines += [f"    {item}" for item in items[:LIST_LIMIT]]
+        if len(items) > LIST_LIMIT:
+            lines.append(f"    ... and {len(items) - LIST_LIMIT} more")
+    return lines
+
+
 def format_report(report: Report, fatal: bool, skip_bad_images: bool) -> str:
     parts = [f"dataset {report.dataset} under {report.root}", ""]
     for title, table in report.tables.items():
         parts += [format_table(title, table), ""]
+    truncated = len(report.warnings["truncated"])
     parts.append(f"images decoded: {report.images_checked}, unreadable: "
-                 f"{len(report.problems['unreadable'])}")
+                 f"{len(report.problems['unreadable'])}" +
+                 (f", truncated (loaded as far as their data go): {truncated}"
+                  if truncated else ""))
     parts.append("")
+    warnings = sum(len(items) for items in report.warnings.values())
+    if warnings:
+        parts.append(f"warnings: {warnings}")
+        parts += format_groups(report.warnings, WARNING_KINDS)
+        parts.append("")
     if not report.count():
         parts.append("no problems: training would work")
         return "\n".join(parts)
     parts.append(f"problems: {report.count()}")
-    for category, heading in CATEGORIES.items():
-        items = report.problems[category]
-        if not items:
-            continue
-        note = ""
-        if category == "unreadable" and skip_bad_images:
-            note = " (skipped at run time: data.skip_bad_images=true)"
-        parts.append(f"  {heading} ({len(items)}){note}:")
-        parts += [f"    {item}" for item in items[:LIST_LIMIT]]
-        if len(items) > LIST_LIMIT:
-            parts.append(f"    ... and {len(items) - LIST_LIMIT} more")
+    notes = ({"unreadable": " (skipped at run time: data.skip_bad_images=true)"}
+             if skip_bad_images else {})
+    parts += format_groups(report.problems, CATEGORIES, notes)
     parts.append("")
     parts.append("training would fail: fix the problems above" if fatal else
                  "training would work (the unreadable images are skipped)")
@@ -179,7 +217,7 @@ def run_checks(cfg, workers: int) -> Report:
     name = registry.check_name(cfg.data.dataset)
     report = Report(name, Path(cfg.data.root))
     registry.loader(name).scan(report, cfg, registry.members(name))
-    check_images(report, workers)
+    check_images(report, workers, bool(cfg.data.load_truncated_images))
     return report
 
 
@@ -210,7 +248,7 @@ def main(argv=None) -> int:
     if own.json is not None:
         data = {"dataset": report.dataset, "root": str(report.root), "ok": status == 0,
                 "exit_status": status, "images_checked": report.images_checked,
-                "tables": report.tables,
+                "tables": report.tables, "warnings": report.warnings,
                 "problems": report.problems}
         own.json.parent.mkdir(parents=True, exist_ok=True)
         own.json.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -253,7 +253,8 @@ def _located(root: Path, name: str, split: str, skip_missing_sketches: bool) -> 
 
 def train_samples(root: Path, names: list, sketch_pairing: str = "own", clean: bool = True,
                   empty_missing_backtrans: bool = False,
-                  skip_missing_sketches: bool = False) -> list:
+                  skip_missing_sketches: bool = False,
+                  drop_captions_without_backtrans: bool = False) -> list:
     """One sample per (photo with a sketch, caption); person ids relabelled to 0..N-1 over
     all ``names``, kept apart per dataset (the same number in two datasets is two people).
 
@@ -263,10 +264,16 @@ def train_samples(root: Path, names: list, sketch_pairing: str = "own", clean: b
     back-translations) go through ``pre_caption``. ``empty_missing_backtrans``: an entry
     without ``captions_bt`` gets empty back-translations, so that the back-translation
     draw sometimes trains on an empty caption (the paper's code does this).
+    ``drop_captions_without_backtrans``: an entry with ``captions_bt`` keeps only its first
+    ``len(captions_bt)`` captions, those with a back-translation at their position (the
+    paper's code pairs the two lists one to one and stops at the shorter); an entry
+    without ``captions_bt`` keeps its captions (the paper's code fills it first, as
+    ``empty_missing_backtrans`` does).
     """
     if sketch_pairing not in ("own", "other"):
         raise ConfigError(f"data.sketch_pairing={sketch_pairing!r} is not one of own, other")
     samples, labels = [], {}
+    captions_seen = captions_dropped = photos_emptied = 0
     for name in names:
         found = [item for item in _located(root, name, "train", skip_missing_sketches)
                  if item[2] is not None]
@@ -277,15 +284,27 @@ def train_samples(root: Path, names: list, sketch_pairing: str = "own", clean: b
             label = labels.setdefault((name, entry["id"]), len(labels))
             others = tuple(p for p in photos_of[entry["id"]] if p != photo)
             photos = others if sketch_pairing == "other" and others else (photo,)
+            captions = entry["captions"]
             captions_bt = tuple(entry.get("captions_bt") or ())
             if empty_missing_backtrans and "captions_bt" not in entry:
-                captions_bt = ("",) * len(entry["captions"])
-            for position, caption in enumerate(entry["captions"]):
+                captions_bt = ("",) * len(captions)
+            captions_seen += len(captions)
+            if drop_captions_without_backtrans and "captions_bt" in entry:
+                kept = captions[:len(captions_bt)]
+                captions_dropped += len(captions) - len(kept)
+                photos_emptied += bool(captions) and not kept
+                captions = kept
+            for position, caption in enumerate(captions):
                 # A back-translation at the same position paraphrases this caption.
                 bt = (captions_bt[position],) if position < len(captions_bt) else ()
                 if clean:
                     caption, bt = pre_caption(caption), tuple(pre_caption(text) for text in bt)
                 samples.append(TrainSample(label, photos, sketch, (caption,), bt))
+    if drop_captions_without_backtrans:
+        log.info("%s train: dropped %d of %d captions, those without a back-translation at "
+                 "their position in captions_bt (data.drop_captions_without_backtrans=true); "
+                 "%d photo(s) kept no caption", "+".join(FOLDERS[name] for name in names),
+                 captions_dropped, captions_seen, photos_emptied)
     return samples
 
 
@@ -332,7 +351,8 @@ def eval_set(root: Path, name: str, split: str, clean: bool = True,
 def config_train_samples(cfg, members: list, trial=None) -> list:
     return train_samples(Path(cfg.data.root), members, cfg.data.sketch_pairing,
                          cfg.data.pre_caption, cfg.data.empty_missing_backtrans,
-                         cfg.data.skip_missing_sketches)
+                         cfg.data.skip_missing_sketches,
+                         drop_captions_without_backtrans=cfg.data.drop_captions_without_backtrans)
 
 
 def config_eval_sets(cfg, members: list, split: str, trial=None) -> list:

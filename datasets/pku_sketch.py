@@ -19,14 +19,19 @@ too) plus the captions::
                                           optional split files, lines "photo/<file> <id> <cam> 0"
                                           and "sketch/<id>.jpg <id> 0 <style>"
 
-``python -m datasets.prepare pku-sketch --root DATA_ROOT`` writes ``idx/``. Without it the
-loaders draw the same split themselves (``trial_split``: within each sketch style, from
-``random.Random(seed * 1000 + trial)``) and say so in the log. Photos take their camera
-from their name; sketches get camera 0 (as the public split files write them), or another
-number no photo uses, so that a camera filter never drops a positive. Text files may have
-a byte-order mark and CRLF line ends. The feedback of a test sketch is one caption of its
-person as written, chosen with ``random.Random(seed * 7 + trial + id)`` so that scores
-repeat (the paper's code draws it at random at every evaluation).
+``python -m datasets.prepare pku-sketch --root DATA_ROOT`` writes ``idx/``. With it, the
+people of a trial's part are those of its sketch list (``*_sketch_<trial>.txt``, second
+column) and the photos are every photo of those people in ``photo/``, sorted by person and
+name, as the paper's code takes them; a visible list (``*_visible_<trial>.txt``) is only
+compared with ``photo/``, and where it names a photo that is not there or leaves one out,
+the log says so. Without ``idx/`` the loaders draw the same split themselves
+(``trial_split``: within each sketch style, from ``random.Random(seed * 1000 + trial)``)
+and say so in the log. Photos take their camera from their name; sketches get camera 0
+(as the public split files write them), or another number no photo uses, so that a
+camera filter never drops a positive. Text files may have a byte-order mark and CRLF
+line ends. The feedback of a test sketch is one caption of its person as written, chosen
+with ``random.Random(seed * 7 + trial + id)`` so that scores repeat (the paper's code draws
+it at random at every evaluation).
 """
 from __future__ import annotations
 
@@ -219,18 +224,76 @@ def parse_index(folder: Path, path: Path) -> tuple:
     return entries, problems
 
 
+def photos_of_people(photos_of: dict, ids) -> list:
+    """``(path, id, cam)`` of every photo of the people ``ids``, by id then name."""
+    return [(path, pid, cam) for pid in sorted(set(ids)) for path, cam in photos_of.get(pid, ())]
+
+
+def visible_list_mismatches(folder: Path, path: Path, photos: list) -> dict:
+    """Where the visible list at ``path`` disagrees with ``photos`` (``(path, id, cam)``,
+    every photo of the split's people in ``photo/``): ``{"missing": [(line, image)],
+    "outside": [(line, image)], "left_out": [image], "malformed": [line]}``: lines naming
+    a photo that is not in ``photo/``, lines naming a photo of someone else, photos the
+    list leaves out, lines that are not "path id ..."."""
+    expected = {image for image, _, _ in photos}
+    found = {"missing": [], "outside": [], "left_out": [], "malformed": []}
+    named = set()
+    for number, line in enumerate(read_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2 or not fields[1].lstrip("-").isdigit():
+            found["malformed"].append(number)
+            continue
+        image = folder / fields[0]
+        named.add(image)
+        if not image.is_file():
+            found["missing"].append((number, image))
+        elif image not in expected:
+            found["outside"].append((number, image))
+    found["left_out"] = sorted(expected - named)
+    return found
+
+
+def _log_visible_list(folder: Path, path: Path, photos: list, where: str) -> None:
+    """Warn where the visible list disagrees with the photos taken from ``photo/``."""
+    if not path.is_file():
+        return
+    found = visible_list_mismatches(folder, path, photos)
+    def names(items):
+        shown = ", ".join(Path(image).name for image in items[:3])
+        return shown + (", ..." if len(items) > 3 else "")
+    said = []
+    if found["missing"]:
+        said.append(f"names {len(found['missing'])} photo(s) not in photo/ "
+                    f"({names([image for _, image in found['missing']])})")
+    if found["outside"]:
+        said.append(f"names {len(found['outside'])} photo(s) of people outside its sketch list "
+                    f"({names([image for _, image in found['outside']])})")
+    if found["left_out"]:
+        said.append(f"leaves out {len(found['left_out'])} photo(s) of its people that are in "
+                    f"photo/ ({names(found['left_out'])})")
+    if found["malformed"]:
+        said.append(f"has {len(found['malformed'])} line(s) that are not 'path id cam style' "
+                    f"(line {', '.join(map(str, found['malformed'][:3]))})")
+    if said:
+        log.warning("%s: %s %s; the photos are every photo of the split's people in photo/ "
+                    "(%d), as the paper's code takes them", where, path, "; ".join(said),
+                    len(photos))
+
+
 def _indexed_split(folder: Path, trial: int, part: str) -> tuple:
+    """The people of the sketch list, every photo of theirs in ``photo/``."""
     index_dir = folder / "idx"
-    lists = []
-    for kind in ("visible", "sketch"):
-        path = require_path(index_dir / f"{part}_{kind}_{trial}.txt",
-                            f"PKU-Sketch {part} {kind} list of trial {trial}", LAYOUT)
-        entries, problems = parse_index(folder, path)
-        stop_at_first(problems)
-        lists.append(entries)
-    photos = [(image, pid, cam if cam is not None else photo_key(image)[1])
-              for image, pid, cam in lists[0]]
-    sketches = [(image, pid, SKETCH_CAM if cam is None else cam) for image, pid, cam in lists[1]]
+    path = require_path(index_dir / f"{part}_sketch_{trial}.txt",
+                        f"PKU-Sketch {part} sketch list of trial {trial}", LAYOUT)
+    entries, problems = parse_index(folder, path)
+    photos_of, photo_problems = scan_photos(folder)
+    stop_at_first(problems + photo_problems)
+    sketches = [(image, pid, SKETCH_CAM if cam is None else cam) for image, pid, cam in entries]
+    photos = photos_of_people(photos_of, [pid for _, pid, _ in sketches])
+    _log_visible_list(folder, index_dir / f"{part}_visible_{trial}.txt", photos,
+                      f"PKU-Sketch trial {trial} {part}")
     return photos, sketches
 
 
@@ -389,6 +452,47 @@ def _index_for_check(report, folder: Path, path: Path) -> list:
     return [(image, pid) for image, pid, _ in entries]
 
 
+def _listed_people(path: Path) -> set:
+    """The ids of a split file's well-formed lines, whether their image exists or not (a
+    missing sketch is a problem of its own)."""
+    if not path.is_file():
+        return set()
+    return {int(fields[1]) for fields in map(str.split, read_lines(path))
+            if len(fields) > 1 and fields[1].lstrip("-").isdigit()}
+
+
+def _indexed_for_check(report, folder: Path, trial: int) -> dict:
+    """``{part: (photos, sketches)}`` of a trial with ``idx/``, as the loader reads it: the
+    people of the sketch list, their photos from ``photo/``; where a visible list disagrees
+    with those, a warning per line or photo."""
+    photos_of, problems = scan_photos(folder)
+    for kind, message in problems:
+        report.problem(kind, message)
+    parts = {}
+    for part in ("train", "test"):
+        sketch_list = folder / "idx" / f"{part}_sketch_{trial}.txt"
+        sketches = _index_for_check(report, folder, sketch_list)
+        photos = photos_of_people(photos_of, _listed_people(sketch_list))
+        visible = folder / "idx" / f"{part}_visible_{trial}.txt"
+        if visible.is_file():
+            found = visible_list_mismatches(folder, visible, photos)
+            where = report.name(visible)
+            for number, image in found["missing"]:
+                report.warning("split_lists", f"{where}, line {number}: names "
+                                              f"{report.name(image)}, which is not in photo/")
+            for number, image in found["outside"]:
+                report.warning("split_lists", f"{where}, line {number}: names "
+                                              f"{report.name(image)}, a photo of someone outside "
+                                              f"{sketch_list.name}")
+            for image in found["left_out"]:
+                report.warning("split_lists", f"{where}: leaves out {report.name(image)}, a photo "
+                                              f"of one of its people")
+            for number in found["malformed"]:
+                report.warning("split_lists", f"{where}, line {number}: not 'path id cam style'")
+        parts[part] = ([(path, pid) for path, pid, _ in photos], sketches)
+    return parts
+
+
 def _drawn_for_check(report, folder: Path, trial: int, seed: int) -> dict:
     """``{part: (photos, sketches)}`` of a trial drawn as the loader draws it."""
     photos_of, problems = scan_photos(folder)
@@ -432,11 +536,7 @@ def _scan(report, root: Path, trials: list, seed: int) -> None:
     every = {"ids": set(), "photos": set(), "sketches": set()}
     for trial in trials:
         if index_dir.is_dir():
-            parts = {part: (_index_for_check(report, folder,
-                                             index_dir / f"{part}_visible_{trial}.txt"),
-                            _index_for_check(report, folder,
-                                             index_dir / f"{part}_sketch_{trial}.txt"))
-                     for part in ("train", "test")}
+            parts = _indexed_for_check(report, folder, trial)
         else:
             parts = _drawn_for_check(report, folder, trial, seed)
         for part, (photos, sketches) in parts.items():

@@ -19,12 +19,14 @@ METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 @torch.no_grad()
 def encode_images(encode, paths: Sequence, transform: Callable, device: torch.device,
                   batch_size: int = 128, num_workers: int = 0, desc: str = "images",
-                  dtype=None) -> torch.Tensor:
+                  dtype=None, load_truncated_images: bool = True) -> torch.Tensor:
     """Features [N, E] (float32, on ``device``) of the images at ``paths``; ``encode`` maps a
     batch of images to features (e.g. ``model.encode_image``, normalised), ``transform``
-    prepares one image (``datasets.transforms.eval_transform``)."""
-    loader = DataLoader(ImageListDataset(paths, transform), batch_size=batch_size,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    prepares one image (``datasets.transforms.eval_transform``); ``load_truncated_images``
+    (``data.load_truncated_images``): see ``datasets.base.read_image``."""
+    loader = DataLoader(ImageListDataset(paths, transform, load_truncated_images),
+                        batch_size=batch_size, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
     feats = []
     for images, _ in tqdm(loader, desc=desc, leave=False, disable=not is_main()):
         with autocast(device, dtype):

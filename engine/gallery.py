@@ -130,9 +130,10 @@ class SearchEngine:
         if todo:
             log.info("embedding %d of %d gallery photos (%d reused from %s)", len(todo),
                      len(paths), len(reusable), self.index_path)
-            encoded = encode_images(self.model.encode_image, [self.gallery / p for p in todo],
-                                    self.transform, self.device, self.cfg.test.batch_size,
-                                    desc="gallery", dtype=self.dtype).cpu()
+            encoded = encode_images(
+                self.model.encode_image, [self.gallery / p for p in todo], self.transform,
+                self.device, self.cfg.test.batch_size, desc="gallery", dtype=self.dtype,
+                load_truncated_images=self.cfg.data.load_truncated_images).cpu()
             features.update(zip(todo, encoded))
         matrix = torch.stack([features[p] for p in paths])  # [G, E]
         if todo or len(paths) != len(stored["paths"]):

@@ -51,27 +51,25 @@ class Stage:
         if key not in self._eval_sets:
             sets = data_registry.eval_sets(cfg, split, trial)
             if cfg.data.skip_bad_images:
-                sets = [self._without_bad_images(eval_set) for eval_set in sets]
+                sets = [self._without_bad_images(eval_set, cfg.data.load_truncated_images)
+                        for eval_set in sets]
             self._eval_sets[key] = sets
         return self._eval_sets[key]
 
     @staticmethod
-    def _without_bad_images(eval_set):
-        eval_set, bad = drop_bad_images_from_eval_set(eval_set)
-        if bad:
-            log.warning("%s: skipped %d unreadable image(s) (data.skip_bad_images=true): %s",
-                        eval_set.name, len(bad), ", ".join(map(str, sorted(bad)[:5])))
+    def _without_bad_images(eval_set, load_truncated_images: bool):
+        eval_set, bad, truncated = drop_bad_images_from_eval_set(eval_set,
+                                                                 load_truncated_images)
+        log_image_scan(eval_set.name, bad, truncated)
         return eval_set
 
     @staticmethod
     def _training_samples(cfg, trial) -> list:
         samples = data_registry.train_samples(cfg, trial)
         if cfg.data.skip_bad_images:
-            samples, bad = drop_samples_with_bad_images(samples)
-            if bad:
-                log.warning("training set: skipped %d unreadable image(s) "
-                            "(data.skip_bad_images=true): %s", len(bad),
-                            ", ".join(map(str, sorted(bad)[:5])))
+            samples, bad, truncated = drop_samples_with_bad_images(
+                samples, cfg.data.load_truncated_images)
+            log_image_scan("training set", bad, truncated)
         return samples
 
     def pair_dataset(self, cfg, trial, with_text: bool, with_view: bool = False,
@@ -80,7 +78,7 @@ class Stage:
         transform = train_transform(cfg)
         return PairDataset(self._training_samples(cfg, trial), transform, transform,
                            cfg.model.context_length, cfg.data.backtrans_p, with_text, with_view,
-                           with_caption)
+                           with_caption, load_truncated_images=cfg.data.load_truncated_images)
 
     def collate(self, cfg):
         return None  # the default collation
@@ -183,7 +181,8 @@ class AdaptStage(Stage):
         blocks, shown, asked = {}, [], []
         encode = partial(encode_images, transform=eval_transform(cfg), device=device,
                          batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
-                         dtype=inference_dtype(device, cfg))
+                         dtype=inference_dtype(device, cfg),
+                         load_truncated_images=cfg.data.load_truncated_images)
         rank = partial(retrieval, rank_denominator=cfg.test.rank_denominator)
         for eval_set in self.eval_sets(cfg, split, trial):
             gallery = encode(model.encode_image, eval_set.gallery_paths,
@@ -271,7 +270,7 @@ class TokenStage(Stage):
         dtype = inference_dtype(device, cfg)
         encode = partial(encode_images, transform=eval_transform(cfg), device=device,
                          batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
-                         dtype=dtype)
+                         dtype=dtype, load_truncated_images=cfg.data.load_truncated_images)
         gallery = encode(model.encode_image, eval_set.gallery_paths, desc="gallery photos")
         sketch_raw = encode(model.clip.encode_image, eval_set.sketch_paths, desc="query sketches")
         sketches = F.normalize(sketch_raw, dim=-1)
@@ -314,6 +313,17 @@ class TokenStage(Stage):
                     eval_set.sketch_paths, eval_set.sketch_ids, query_texts, eval_set.feedback,
                     rounds)]
         return results
+
+
+def log_image_scan(where: str, unreadable: set, truncated: set) -> None:
+    """The counts of a ``data.skip_bad_images`` scan (each truncated image is also named
+    once by ``datasets.base``)."""
+    if unreadable:
+        log.warning("%s: skipped %d unreadable image(s) (data.skip_bad_images=true): %s",
+                    where, len(unreadable), ", ".join(map(str, sorted(unreadable)[:5])))
+    if truncated:
+        log.warning("%s: %d truncated image(s) load as far as their data go "
+                    "(data.load_truncated_images=true)", where, len(truncated))
 
 
 def group_by_person(ids: list, feature_sets: list) -> tuple:

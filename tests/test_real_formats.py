@@ -228,11 +228,15 @@ def test_prepare_writes_the_public_format_and_loaders_agree(pku, capsys):
     assert "never overwritten" in capsys.readouterr().err
 
 
-def test_pku_idx_with_bom_and_crlf(pku):
+def test_pku_idx_with_bom_and_crlf(pku, caplog):
     prepare.main(["pku-sketch", "--root", str(pku), "--trials", "1"])
-    index = pku / "PKUSketchRE-ID_V1" / "idx" / "test_visible_1.txt"
-    index.write_bytes(b"\xef\xbb\xbf" + index.read_bytes().replace(b"\n", b"\r\n"))
-    assert len(pku_sketch.eval_set(pku, 1, 0, "test").gallery_paths) == 10
+    for kind in ("visible", "sketch"):  # the sketch list names the people
+        index = pku / "PKUSketchRE-ID_V1" / "idx" / f"test_{kind}_1.txt"
+        index.write_bytes(b"\xef\xbb\xbf" + index.read_bytes().replace(b"\n", b"\r\n"))
+    with caplog.at_level(logging.WARNING, logger="datasets.pku_sketch"):
+        test = pku_sketch.eval_set(pku, 1, 0, "test")
+    assert len(test.gallery_paths) == 10 and len(test.sketch_ids) == 5
+    assert "disagree" not in caplog.text and "photo(s)" not in caplog.text  # the lists agree
 
 
 def test_pku_idx_sketch_cams_that_collide_are_moved(pku, caplog):

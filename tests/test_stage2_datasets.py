@@ -299,7 +299,8 @@ def test_pku_errors(generated, tmp_path):
     with pytest.raises(DatasetError, match="PKU-Sketch has only a test split"):
         pku_sketch.eval_set(root, 1, 0, "val")
     prepare.main(["pku-sketch", "--root", str(root), "--trials", "10"])
-    with pytest.raises(DatasetError, match=r"test_visible_11\.txt"):
+    # The sketch list names a trial's people (the visible list is only compared with photo/).
+    with pytest.raises(DatasetError, match=r"test_sketch_11\.txt"):
         pku_sketch.eval_set(root, 11, 0, "test")
     index = root / "PKU-Sketch" / "idx" / "train_sketch_4.txt"
     lines = index.read_text().splitlines()
