@@ -5,6 +5,7 @@
 #   bash adaptation.sh                          # 1 GPU
 #   GPUS=4 bash adaptation.sh                   # 4 GPUs on this machine
 #   GPUS=8 bash adaptation.sh train.batch_size=30 output_dir=outputs/8gpu
+#   bash adaptation.sh seeds=[1,2,3]            # a run per seed: outputs/TriPEDES_pretrain/seed_<s>/
 # Multi-node: run on every node with the same rendezvous endpoint, e.g.
 #   NNODES=2 NODE_RANK=0 MASTER=host0:29500 GPUS=4 bash adaptation.sh
 set -euo pipefail

@@ -3,6 +3,7 @@
     python test.py --checkpoint outputs/TriPEDES_pretrain/checkpoint_best.pth
     python test.py --checkpoint outputs/Market_finetune/checkpoint_best.pth data.root=/data
     python test.py --checkpoint outputs/PKU_finetune      # every trial_<t>/, mean and std
+    python test.py --checkpoint outputs/TriPEDES_seeds    # every seed_<s>/, mean and std
     python test.py --checkpoint checkpoint/ViT-B-16.pt data.dataset=cuhk-pedes   # zero-shot
 
 The model is rebuilt from the config stored in the checkpoint; KEY=VALUE overrides it (e.g.
@@ -19,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 from pathlib import Path
 
-from engine.evaluation import METRICS, format_table, results_rows
+from engine.evaluation import format_table, results_rows
 from engine.models import load_for_inference
+from engine.results import combine, table_title
 from engine.visualize import line_plot, rank_sheet
 from utils.config import to_plain
 from utils.distributed import resolve_device
@@ -34,19 +35,35 @@ log = logging.getLogger("test")
 
 
 def checkpoints_to_evaluate(path: Path) -> list:
-    """[(trial or None, checkpoint file)]: a file, a run dir, or a run dir of trials."""
+    """[(seed or None, trial or None, checkpoint file)]: a file, a run folder, a run folder
+    of trials (``trial_<t>/``), or of seeds (``seed_<s>/``, each a run or one of trials)."""
     if path.is_file():
-        return [(None, path)]
+        return [(None, None, path)]
     if not path.is_dir():
         raise UserError(f"checkpoint not found: {path}")
+    jobs = [(None, trial, file) for trial, file in _run_checkpoints(path)]
+    if not jobs:
+        for seed, folder in _numbered(path, "seed"):
+            jobs += [(seed, trial, file) for trial, file in _run_checkpoints(folder)]
+    if jobs:
+        return jobs
+    raise UserError(f"{path} holds no checkpoint_best.pth (nor trial_<t>/ or seed_<s>/ folders "
+                    "with one); train first or give a checkpoint file")
+
+
+def _numbered(path: Path, kind: str) -> list:
+    """[(number, folder)] of the ``<kind>_<number>`` folders in ``path``, by number."""
+    found = [(int(folder.name.split("_", 1)[1]), folder) for folder in path.glob(f"{kind}_*")
+             if folder.is_dir() and folder.name.split("_", 1)[1].isdigit()]
+    return sorted(found)
+
+
+def _run_checkpoints(path: Path) -> list:
+    """[(trial or None, checkpoint_best.pth)] of one seed's folder."""
     if (path / "checkpoint_best.pth").is_file():
         return [(None, path / "checkpoint_best.pth")]
-    trials = sorted(path.glob("trial_*/checkpoint_best.pth"),
-                    key=lambda p: int(p.parent.name.split("_")[1]))
-    if trials:
-        return [(int(p.parent.name.split("_")[1]), p) for p in trials]
-    raise UserError(f"{path} holds no checkpoint_best.pth (nor trial_<t>/checkpoint_best.pth); "
-                    "train first or give a checkpoint file")
+    return [(trial, folder / "checkpoint_best.pth") for trial, folder in _numbered(path, "trial")
+            if (folder / "checkpoint_best.pth").is_file()]
 
 
 def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool = True) -> tuple:
@@ -71,22 +88,6 @@ def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool 
     return ({**results, "zero_shot": True} if loaded.zero_shot else results), cfg
 
 
-def mean_over_trials(trial_results: list) -> dict:
-    """Mean and (sample) standard deviation of every metric of every task over trials."""
-    tasks, spread = {}, {}
-    for task in trial_results[0]["tasks"]:
-        values = {m: [r["tasks"][task][m] for r in trial_results] for m in METRICS}
-        tasks[task] = {m: statistics.fmean(v) for m, v in values.items()}
-        spread[task] = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in values.items()}
-    averaged = {"tasks": tasks, "std": spread}
-    if "rounds" in trial_results[0]:
-        averaged["rounds"] = [
-            {"round": rounds[0]["round"],
-             **{m: statistics.fmean(r[m] for r in rounds) for m in METRICS}}
-            for rounds in zip(*(result["rounds"] for result in trial_results))]
-    return averaged
-
-
 @exit_on_user_error
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -98,34 +99,28 @@ def main(argv=None) -> dict:
     setup_logging(None)
     path = Path(args.checkpoint)
     jobs = checkpoints_to_evaluate(path)
-    runs = [(trial, *evaluate_checkpoint(file, args.overrides, trial, examples=index == 0))
-            for index, (trial, file) in enumerate(jobs)]
-    examples = runs[0][1].pop("examples", [])
-    asked = [(trial, result.pop("queries")) for trial, result, _ in runs]
-    if len(runs) == 1:
-        results = runs[0][1]
-        queries = {"dataset": results["dataset"], "queries": asked[0][1]}
-    else:
-        trials = [{"trial": trial, **{key: result[key] for key in ("tasks", "rounds")
-                                      if key in result}} for trial, result, _ in runs]
-        results = {"dataset": runs[0][2].data.dataset, **mean_over_trials(trials),
-                   "trials": trials}
-        queries = {"dataset": results["dataset"],
-                   "trials": [{"trial": trial, "queries": entries} for trial, entries in asked]}
+    if len(jobs) == 1:  # one checkpoint is one run, whatever trial it trained on
+        jobs = [(None, None, jobs[0][2])]
+    runs = [(seed, trial, *evaluate_checkpoint(file, args.overrides, trial, examples=index == 0))
+            for index, (seed, trial, file) in enumerate(jobs)]
+    examples = runs[0][2].pop("examples", [])
+    asked = [(seed, trial, result.pop("queries")) for seed, trial, result, _ in runs]
+    cfg = runs[0][3]
+    results = {"dataset": cfg.data.dataset,
+               **combine([(seed, trial, result) for seed, trial, result, _ in runs]),
+               **({"zero_shot": True} if runs[0][2].get("zero_shot") else {})}
+    queries = {"dataset": results["dataset"], **nest_queries(asked)}
     results["checkpoint"] = str(path)
-    results["config"] = to_plain(runs[0][2])
+    results["config"] = to_plain(cfg)
     given = any(item.startswith("output_dir=") for item in args.overrides)
     if given:
-        output_dir = Path(runs[0][2].output_dir)
+        output_dir = Path(cfg.output_dir)
     elif results.get("zero_shot"):
         output_dir = Path("outputs") / f"zero_shot_{path.stem}"
     else:
         output_dir = path if path.is_dir() else path.parent
     output_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{results['dataset']} test"
-    if len(runs) > 1:
-        title += f" (mean of {len(runs)} trials)"
-    print(format_table(results_rows(results), title))
+    print(format_table(results_rows(results), table_title(results, f"{results['dataset']} test")))
     with (output_dir / "results.json").open("w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     print(f"results written to {output_dir / 'results.json'}")
@@ -134,6 +129,20 @@ def main(argv=None) -> dict:
     print(f"query texts written to {output_dir / 'queries.json'}")
     write_pictures(results, examples, output_dir)
     return results
+
+
+def nest_queries(asked: list) -> dict:
+    """[(seed, trial, queries)] -> ``queries.json``'s body, nested as the results are."""
+    def by_trial(entries):
+        if len(entries) == 1 and entries[0][1] is None:
+            return {"queries": entries[0][2]}
+        return {"trials": [{"trial": trial, "queries": queries} for _, trial, queries in entries]}
+
+    seeds = list(dict.fromkeys(seed for seed, _, _ in asked))
+    if seeds == [None]:
+        return by_trial(asked)
+    return {"seeds": [{"seed": seed, **by_trial([a for a in asked if a[0] == seed])}
+                      for seed in seeds]}
 
 
 def write_pictures(results: dict, examples: list, output_dir: Path) -> None:

@@ -4,6 +4,7 @@
 # configs (model.init_from).
 #   bash tokenlearning.sh
 #   GPUS=2 bash tokenlearning.sh model.init_from=outputs/TriPEDES_pretrain/checkpoint_best.pth
+#   bash tokenlearning.sh seeds=[1,2,3]         # each seed from stage 1's run of that seed
 set -euo pipefail
 cd "$(dirname "$0")"
 GPUS=${GPUS:-1}

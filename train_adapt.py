@@ -5,28 +5,21 @@ sketches and texts share one space.
     torchrun --nproc_per_node=4 train_adapt.py --config config/TriPEDES_pretrain.yaml
     python train_adapt.py --config config/TriPEDES_pretrain.yaml \
         output_dir=outputs/x train.resume=true
+    python train_adapt.py --config config/TriPEDES_pretrain.yaml seeds=[1,2,3]
+
+Several seeds train one run each in output_dir/seed_<s>/ and end with output_dir/results.json
+(mean and std over the seeds).
 """
 from __future__ import annotations
 
+from engine.runs import train_command
 from engine.stages import AdaptStage
-from engine.trainer import Trainer
-from utils import distributed
-from utils.config import config_from_command_line
 from utils.errors import exit_on_user_error
 
 
 @exit_on_user_error
 def main(argv=None) -> dict:
-    cfg, _ = config_from_command_line(argv, __doc__, "config/TriPEDES_pretrain.yaml")
-    stage = AdaptStage()
-    stage.check_dataset(cfg)
-    try:
-        record = Trainer(cfg, stage).fit()
-    except BaseException:
-        distributed.cleanup(wait=False)
-        raise
-    distributed.cleanup()
-    return record
+    return train_command(argv, __doc__, "config/TriPEDES_pretrain.yaml", AdaptStage())
 
 
 if __name__ == "__main__":

@@ -10,21 +10,26 @@ A run folder gives ``curves.png``: the loss terms and the learning rates over th
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from engine.evaluation import METRICS, results_rows
+from engine.results import describe_runs, read_results, spread_rows
 from engine.training_log import FILE as TRAIN_LOG
+from engine.training_log import read_records
 from engine.visualize import curve_panel, stack
 from utils.errors import UserError, exit_on_user_error
 
 
 def markdown_table(named_results: list) -> str:
-    """[(label, results dict)] -> Markdown table, one row per dataset and task."""
+    """[(label, results dict)] -> Markdown table, one row per dataset and task; ``± std``
+    wherever the results are the mean of several seeds or trials."""
     lines = ["| run | task | " + " | ".join(METRICS) + " |",
              "|---|---|" + "---:|" * len(METRICS)]
     for label, results in named_results:
-        spread = results.get("std", {})
+        several = describe_runs(results)
+        spread = spread_rows(results) if several else {}
+        if several:
+            label += f", mean ± std of {several}"
         for task, metrics in results_rows(results).items():
             cells = []
             for metric in METRICS:
@@ -36,23 +41,10 @@ def markdown_table(named_results: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_jsonl(path: Path) -> list:
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}, line {number}: malformed JSON: {error.msg}") from None
-    return records
-
-
 def draw_curves(run_dir: Path, out: Path | None = None) -> Path:
     """``curves.png`` of a run folder (see the module docstring); returns its path."""
-    steps = _read_jsonl(run_dir / TRAIN_LOG)
-    evaluations = _read_jsonl(run_dir / "metrics.jsonl")
+    steps = read_records(run_dir / TRAIN_LOG)
+    evaluations = read_records(run_dir / "metrics.jsonl")
     if not steps and not evaluations:
         raise UserError(f"{run_dir} holds neither {TRAIN_LOG} nor metrics.jsonl: not a run "
                         "folder, or one that has not logged yet")
@@ -95,10 +87,7 @@ def main(argv=None) -> str:
         path = Path(name)
         if not path.is_file():
             raise UserError(f"results file not found: {path}")
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}: malformed JSON at line {error.lineno}: {error.msg}") from None
+        results = read_results(path)
         named.append((f"{results.get('dataset', '?')} ({path.parent.name})", results))
     table = markdown_table(named)
     print(table, end="")

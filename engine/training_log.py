@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError
 
 FILE = "train.jsonl"
 
@@ -33,6 +33,21 @@ def keep_until(path: Path, step: int) -> None:
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def read_records(path: Path) -> list:
+    """The records of a JSON-lines file (``train.jsonl``, ``metrics.jsonl``); [] when it does
+    not exist, one clear error naming the line when one is malformed."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}, line {number}: malformed JSON: {error.msg}") from None
+    return records
 
 
 class TrainingLog:
@@ -63,7 +78,7 @@ class TrainingLog:
         """Write (and return) the record of ``step``."""
         elapsed = max(time.perf_counter() - self.since, 1e-9)
         record = {"step": step, "epoch": round(epoch, 4), "loss": float(loss),
-                  "losses": {name: float(value) for name, value in losses.items()},
+                  "losses": {name: float(value.detach()) for name, value in losses.items()},
                   "lr": {group.get("name", str(index)): group["lr"]
                          for index, group in enumerate(optimizer.param_groups)},
                   "logit_scale": logit_scale,

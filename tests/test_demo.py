@@ -30,4 +30,6 @@ def test_demo_runs_end_to_end(tmp_path):
     again = subprocess.run(["bash", "demo.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed from" in again.stdout
+    assert f"{tmp_path / 'demo' / 'adapt'}: already trained (all 1 epoch(s)), skipped" \
+        in again.stdout
+    assert f"{tmp_path / 'demo' / 'token'}: already trained" in again.stdout

@@ -59,8 +59,10 @@ def load_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict
     only); errors name the file and what was expected."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a checkpoint file such as "
-                        f"{path / 'checkpoint_best.pth'}")
+        seeds = sorted(path.glob("seed_*/checkpoint_best.pth"))
+        example = seeds[0] if seeds and not (path / "checkpoint_best.pth").exists() \
+            else path / "checkpoint_best.pth"
+        raise UserError(f"{path} is a folder; give a checkpoint file such as {example}")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -77,6 +79,23 @@ def load_checkpoint(path: str | Path, expected_stage: str | None = None) -> dict
                         "'config' and 'stage') nor of the paper's reference code "
                         f"({LAYOUTS}); an OpenAI CLIP file goes in model.pretrained")
     return _check_stage(checkpoint, path, expected_stage)
+
+
+def checkpoint_progress(path: str | Path) -> dict | None:
+    """How far the run of a project checkpoint got, ``{"stage", "epoch", "step", "trial",
+    "best_score"}``, read without loading its tensors (memory-mapped); None when ``path``
+    is missing or is not a readable project checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except UNREADABLE_FILE_ERRORS:
+        return None
+    if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
+        return None
+    return {key: checkpoint.get(key) for key in ("stage", "epoch", "step", "trial",
+                                                  "best_score")}
 
 
 def _check_stage(checkpoint: dict, path: Path, expected_stage: str | None) -> dict:
