@@ -104,16 +104,41 @@ class RandomChoiceOf:
         return image
 
 
-def augmentations(image_size: Sequence[int], grayscale_p: float = 0.1) -> list:
+CROP_ASPECTS = ("fixed", "input")
+TORCHVISION_CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default width/height range
+
+
+def crop_ratio(image_size: Sequence[int], crop_aspect: str = "fixed") -> tuple:
+    """The width/height range of the random resized crop. ``fixed``: torchvision's
+    default (3/4, 4/3), the paper's code's. ``input``: that range around the input's own
+    width/height, so that a crop of a non-square input (e.g. [64, 32]) fits it; from
+    ``fixed`` such a crop never fits and torchvision falls back to one centre crop at
+    ratio 3/4, cutting head and feet. The same at a square input."""
+    if crop_aspect not in CROP_ASPECTS:
+        raise ConfigError(f"data.crop_aspect={crop_aspect!r} is not one of "
+                          f"{', '.join(CROP_ASPECTS)}")
+    if crop_aspect == "fixed":
+        return TORCHVISION_CROP_RATIO
+    aspect = image_size[1] / image_size[0]
+    return (aspect * TORCHVISION_CROP_RATIO[0], aspect * TORCHVISION_CROP_RATIO[1])
+
+
+def augmentations(image_size: Sequence[int], grayscale_p: float = 0.1,
+                  crop_aspect: str = "fixed", fill: float = 0.0) -> list:
     """The paper's pool: colour jitter, rotation <= 15 deg, resized crop (0.9-1.0),
-    grayscale, horizontal flip, random erasing (all on float tensors in [0, 1])."""
+    grayscale, horizontal flip, random erasing (all on float tensors in [0, 1]).
+    ``crop_aspect``: see ``crop_ratio``; ``fill``: what rotation and erasing paint, in
+    [0, 1] (0, black, in the paper's code; 1, white, suits a sketch's paper)."""
+    if not 0.0 <= fill <= 1.0:
+        raise ConfigError(f"data.sketch_fill={fill} must be in [0, 1] (0 black, 1 white)")
     return [
         v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
-        v2.RandomRotation(15),
-        v2.RandomResizedCrop(tuple(image_size), scale=(0.9, 1.0), antialias=True),
+        v2.RandomRotation(15, fill=fill),
+        v2.RandomResizedCrop(tuple(image_size), scale=(0.9, 1.0),
+                             ratio=crop_ratio(image_size, crop_aspect), antialias=True),
         v2.RandomGrayscale(p=grayscale_p),
         v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomErasing(p=0.5, scale=(0.10, 0.20)),
+        v2.RandomErasing(p=0.5, scale=(0.10, 0.20), value=fill),
     ]
 
 
@@ -130,16 +155,19 @@ def _resize(image_size: Sequence[int], interpolation: str) -> ResizePIL:
     return ResizePIL(image_size, INTERPOLATIONS[interpolation])
 
 
-def train_transform(cfg):
+def train_transform(cfg, sketch: bool = False):
     """Image -> normalised float tensor [3, H, W] (``model.image_size``): PIL's bilinear
     resize, /255, then (with ``data.augment``) ``data.num_augments`` transforms of the
-    paper's pool. Takes what ``as_rgb_image`` takes: a PIL image (any mode) or a uint8
-    tensor [C, H, W], which gives the same result; a float tensor is a ``TypeError``."""
+    paper's pool (``data.crop_aspect``; for sketches, ``data.sketch_fill`` painted by
+    rotation and erasing, else black). Takes what ``as_rgb_image`` takes: a PIL image (any
+    mode) or a uint8 tensor [C, H, W], which gives the same result; a float tensor is a
+    ``TypeError``."""
     data = cfg.data
     steps = [as_rgb_image, _resize(cfg.model.image_size, "bilinear"), to_float_tensor]
     if data.augment and data.num_augments > 0:
-        steps.append(RandomChoiceOf(augmentations(cfg.model.image_size, data.grayscale_p),
-                                    data.num_augments, data.augment_replacement))
+        pool = augmentations(cfg.model.image_size, data.grayscale_p, data.crop_aspect,
+                             data.sketch_fill if sketch else 0.0)
+        steps.append(RandomChoiceOf(pool, data.num_augments, data.augment_replacement))
     steps.append(_normalize(data.normalize))
     return v2.Compose(steps)
 

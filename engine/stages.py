@@ -75,8 +75,8 @@ class Stage:
     def pair_dataset(self, cfg, trial, with_text: bool, with_view: bool = False,
                      with_caption: bool = False) -> PairDataset:
         self.check_dataset(cfg)
-        transform = train_transform(cfg)
-        return PairDataset(self._training_samples(cfg, trial), transform, transform,
+        return PairDataset(self._training_samples(cfg, trial), train_transform(cfg),
+                           train_transform(cfg, sketch=True),
                            cfg.model.context_length, cfg.data.backtrans_p, with_text, with_view,
                            with_caption, load_truncated_images=cfg.data.load_truncated_images)
 

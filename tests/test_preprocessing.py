@@ -18,10 +18,12 @@ from datasets.transforms import (
     NORMALIZATIONS,
     RandomChoiceOf,
     augmentations,
+    crop_ratio,
     eval_transform,
     train_transform,
 )
 from utils.config import load_config
+from utils.errors import ConfigError
 
 TOLERANCE = 1e-6  # after normalisation; float32 rounding alone is ~3e-7
 PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
@@ -200,3 +202,68 @@ def test_the_references_torchvision_calls_give_the_same_pixels(photo_size):
     # The reference's whole test transform (misc/data.py:60-64), value for value.
     reference = v1.Compose([calls[0][0], v1.ToTensor(), v1.Normalize(*NORMALIZATIONS["imagenet"])])
     assert torch.equal(eval_transform(cfg)(image), reference(image))
+
+
+# ---------------------------------------------------- augmentation at non-square inputs
+def row_image(height: int = 64, width: int = 32) -> torch.Tensor:
+    """Float image [3, H, W] whose value is its row's index / (H - 1): a crop's rows show."""
+    rows = torch.arange(height, dtype=torch.float32) / (height - 1)
+    return rows.view(1, height, 1).expand(3, height, width).clone()
+
+
+def crop_top_rows(crop_aspect: str, draws: int = 40) -> list:
+    """The value of the top output row of ``draws`` random resized crops of a 64x32 input."""
+    pool = augmentations((64, 32), crop_aspect=crop_aspect)
+    crop = pool[2]
+    assert isinstance(crop, v2.RandomResizedCrop)
+    tops = []
+    for seed in range(draws):
+        torch.manual_seed(seed)
+        tops.append(round(float(crop(row_image())[0, 0].mean()), 3))
+    return tops
+
+
+def test_fixed_crop_ratio_never_fits_a_tall_input():
+    """torchvision's default width/height range (3/4..4/3, the paper's code's) cannot place
+    a crop of 90-100 % of a 2:1 image: every draw falls back to one centre crop at 3/4,
+    which cuts the top and bottom rows (head and feet)."""
+    tops = crop_top_rows("fixed")
+    assert len(set(tops)) == 1 and tops[0] > 8 / 63
+
+
+def test_input_crop_ratio_draws_crops_that_fit():
+    tops = crop_top_rows("input")
+    assert len(set(tops)) >= 4  # real random crops (90-100 % of the rows: tops 0..6)
+    assert min(tops) < 3 / 63  # some keep the head
+    with pytest.raises(ConfigError, match="data.crop_aspect='square' is not one of"):
+        augmentations((64, 32), crop_aspect="square")
+
+
+def test_crop_ratio_is_the_same_at_a_square_input():
+    assert crop_ratio((224, 224), "input") == pytest.approx(crop_ratio((224, 224), "fixed"))
+    assert crop_ratio((224, 224), "fixed") == (3 / 4, 4 / 3)
+
+
+def test_sketch_fill_paints_white_into_sketches_only():
+    """Rotation and erasing paint ``data.sketch_fill`` into sketches (1: white paper) and
+    black into photos; by default both are black and the two transforms are the same."""
+    white = Image.new("RGB", (32, 64), (255, 255, 255))
+    cfg = config([64, 32], sketch_fill=1.0, augment=True, num_augments=2, grayscale_p=0.0,
+                 normalize="imagenet")
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS["imagenet"])
+    photo_min, sketch_min = [], []
+    for seed in range(30):
+        torch.manual_seed(seed)
+        photo_min.append(float((train_transform(cfg)(white) * std + mean).min()))
+        torch.manual_seed(seed)
+        sketch_min.append(float((train_transform(cfg, sketch=True)(white) * std + mean).min()))
+    assert min(photo_min) < 0.05  # black painted into the photo
+    assert min(sketch_min) > 0.85  # only white (and colour jitter) in the sketch
+    default = config([64, 32], augment=True)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        photo = train_transform(default)(white)
+        torch.manual_seed(seed)
+        assert torch.equal(train_transform(default, sketch=True)(white), photo)
+    with pytest.raises(ConfigError, match="data.sketch_fill=2"):
+        augmentations((64, 32), fill=2)

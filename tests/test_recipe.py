@@ -31,7 +31,9 @@ STAGE1 = {
     "loss.ss": 0.0, "loss.mixgen": False, "loss.separate_soft_target_pass": False,
     "data.dataset": "tri-pedes", "data.augment": True, "data.num_augments": 2,
     "data.augment_replacement": True, "data.grayscale_p": 0.1, "data.normalize": "imagenet",
-    "data.test_interpolation": "bicubic", "data.pre_caption": True, "data.backtrans_p": 0.1,
+    "data.crop_aspect": "fixed", "data.sketch_fill": 0.0, "data.load_truncated_images": True,
+    "data.drop_captions_without_backtrans": False, "data.test_interpolation": "bicubic",
+    "data.pre_caption": True, "data.backtrans_p": 0.1,
     "data.sketch_pairing": "own", "train.epochs": 5, "train.batch_size": 60,
     "train.global_batch": 240, "train.lr": 1e-4, "train.lr_start": 1e-6, "train.lr_end": 5e-6,
     "train.warmup_epochs": 1.0, "train.weight_decay": 0.02, "train.betas": [0.9, 0.98],
@@ -50,7 +52,8 @@ STAGE2 = {
     "train.ratio_factor": 10.0, "train.weight_decay": 0.02, "train.amp_dtype": "float16",
     "train.select_task": "auto", "test.amp": False, "test.rank_denominator": "all",
     "test.stage2_drop_same_camera": False, "data.normalize": "imagenet",
-    "data.augment_replacement": True, "data.grayscale_p": 0.1,
+    "data.augment_replacement": True, "data.grayscale_p": 0.1, "data.crop_aspect": "fixed",
+    "data.sketch_fill": 0.0, "data.load_truncated_images": True,
 }
 
 
