@@ -1,4 +1,5 @@
-"""The procedural datasets: layouts, metadata, appearance, groups and determinism."""
+"""The procedural datasets: layouts, metadata, appearance, families and determinism (the
+information design itself: tests/test_synthetic_design.py)."""
 from __future__ import annotations
 
 import filecmp
@@ -49,6 +50,11 @@ def test_summary_counts(generated):
         assert info["format"] == S.FORMAT_VERSION
         marker = json.loads((root / S.FOLDERS[name] / S.MARKER).read_text())
         assert marker["format"] == S.FORMAT_VERSION and marker["persons"] == info["persons"]
+        assert marker["design"] == info["design"]
+        splits = info["design"]["splits"]
+        assert set(splits) == {p["split"] for p in info["persons"]}
+        assert sum(c["people"] for c in splits.values()) == info["people"]
+        assert ("best_possible" in info["design"]) == (name == "mask1k")
         drawn = name in ("mask1k", "pku-sketch")       # the PEDES sketches are traced
         assert bool(info["sketch_styles"]) == drawn
         if drawn:
@@ -85,6 +91,10 @@ def _pedes_entries(ds, name):
         assert all(e["split"] == split for e in entries)
         out += [(e, e["file_path"]) for e in entries]
     return out
+
+
+PRINT_WORDS = {"plain": ("plain",), "band": ("band",), "stripes": ("stripes",),
+               "sash": ("sash", "diagonal"), "logo": ("logo", "circle")}
 
 
 CUHK_FORMS = {  # source -> regex of a photo path under imgs/ (groups: pid, photo number or cam)
@@ -137,19 +147,25 @@ def test_pedes_layout(generated, name):
         sketch = sketch_dir / sketch_rel
         assert sketch.is_file(), sketch_rel
         assert _format(sketch) == FORMAT_OF[sketch.suffix], sketch_rel
-        assert 1 <= len(e["captions"]) <= 2
+        assert 2 <= len(e["captions"]) <= 3
         assert all(isinstance(c, str) and len(c.split()) >= 5 for c in e["captions"])
+        # the last caption is the person's Market attribute sentence (the stage-2 words)
+        p = people[e["id"]]
+        assert e["captions"][-1] == S.attribute_sentence(p)
         if "captions_bt" in e:
             assert e["split"] == "train"
             assert len(e["captions_bt"]) == len(e["captions"])
             assert not set(e["captions_bt"]) & set(e["captions"])
             with_bt += 1
-        # every caption names the colours that tell group members apart
-        p = people[e["id"]]
+        # every caption names the colours that tell the schemes of a family apart, and
+        # every detailed one (all but the attribute sentence and its paraphrase) the print
+        # that tells its silhouettes apart
         assert p.split == e["split"]
         for text in e["captions"] + e.get("captions_bt", []):
             for colour in p.top + (p.lower_colour,):
                 assert colour in text
+        for text in e["captions"][:-1] + e.get("captions_bt", [])[:-1]:
+            assert any(word in text for word in PRINT_WORDS[p.sil.print]), (p.sil.print, text)
         ids_by_split[e["split"]].add(e["id"])
         paths_of[e["id"]].append(rel)
     tr, va, te = ids_by_split["train"], ids_by_split["val"], ids_by_split["test"]
@@ -211,7 +227,8 @@ def test_caption_styles_differ(generated):
     first = {}
     for name in ("cuhk-pedes", "icfg-pedes", "rstpreid"):
         entries = _pedes_entries(root / S.FOLDERS[name], name)
-        caps = [c for e, _ in entries if e["split"] == "train" for c in e["captions"]]
+        # the detailed captions: all but the last, the attribute sentence every set shares
+        caps = [c for e, _ in entries if e["split"] == "train" for c in e["captions"][:-1]]
         first[name] = np.mean([len(c.split()) for c in caps])
     assert first["icfg-pedes"] > first["cuhk-pedes"] > first["rstpreid"]
 
@@ -351,6 +368,8 @@ def test_pku_layout(generated, tmp_path):
         assert fname in {name for _, name in photos[pid]}, line
         for colour in people[pid].top + (people[pid].lower_colour,):
             assert colour in m.group(3)
+        # PKU's feedback texts keep their style: no word for a sketch-only trait
+        assert not re.search(r"\b(" + "|".join(S.TRAIT_WORDS) + r")\b", m.group(3)), line
         named[fname] += 1
     assert set(named) == {name for shots in photos.values() for _, name in shots}
     assert set(named.values()) == {1}
@@ -433,41 +452,58 @@ def test_photos_show_the_attributes():
         if p.sil.lower != "dress":
             lower = small == S.LABEL["lower"]
             assert nearest(np.median(arr[lower], 0)) == p.lower_colour
-        if len(p.top) > 1:
-            part = "stripe" if p.sil.pattern == "stripes" else "sleeve_l"
-            mask = small == S.LABEL[part]
+        if len(p.top) > 1:                      # the sleeves in the second colour
+            mask = small == S.LABEL["sleeve_l"]
             assert mask.sum() > 3 and nearest(np.median(arr[mask], 0)) == p.top[1]
+        # a print is a shade of the top's colour: it adds no colour name of its own (judged
+        # under the top's light: a dim photo makes even a white top nearly grey)
+        mask = small == S.LABEL["print"]
+        assert (mask.sum() > 3) == (p.sil.print != "plain"), (p.pid, p.sil.print)
+        if mask.any():
+            balance = np.array(S.COLOUR_RGB[p.top[0]]) / np.median(arr[top], 0)
+            assert nearest(np.median(arr[mask], 0) * balance) == p.top[0], (p.pid, p.top)
         for part, present in (("backpack", p.sil.bag == "backpack"), ("hat", p.sil.hat),
                               ("bag", p.sil.bag in ("bag", "handbag"))):
             assert (lab == S.LABEL[part]).any() == present, (p.pid, part)
 
 
-def test_groups_share_silhouettes_and_differ_in_colour(generated):
+def test_families_cross_silhouettes_with_colour_schemes(generated):
+    """Each family is F silhouettes x C colour schemes, one person each (the old design's
+    groups shared one silhouette and differed only in colours)."""
     _, summary = generated
+    sizes = {f * c for f, c in S.FAMILY_SHAPES}
     for name in S.DATASETS:
         people = _persons(summary, name)
-        groups = defaultdict(list)
+        families = defaultdict(list)
         for p in people:
-            groups[p.group].append(p)
-        assert all(2 <= len(g) <= 4 for g in groups.values())
-        sils = set()
-        for members in groups.values():
-            assert len({m.sil for m in members}) == 1
-            assert len({m.colours() for m in members}) == len(members)
-            sils.add(members[0].sil)
-        assert len(sils) == len(groups)            # every group its own silhouette
-        heights = [s.height for s in sils]
-        assert len(set(np.round(heights, 4))) == len(heights)
-    # traced sketches of two members of one group in the same pose are identical
-    members = [p for p in _persons(summary, "cuhk-pedes")]
-    by_group = defaultdict(list)
-    for p in members:
-        by_group[p.group].append(p)
-    a, b = next(g for g in by_group.values())[:2]
+            families[p.family].append(p)
+        assert all(len(members) in sizes for members in families.values())
+        for members in families.values():
+            sils = {p.silhouette for p in members}
+            schemes = {p.scheme for p in members}
+            assert (len(sils), len(schemes)) in S.FAMILY_SHAPES
+            assert len({(p.silhouette, p.scheme) for p in members}) == len(members)
+            # a silhouette is one line drawing; a scheme one set of colours
+            for index in sils:
+                assert len({p.sil for p in members if p.silhouette == index}) == 1
+            for index in schemes:
+                assert len({p.colours() for p in members if p.scheme == index}) == 1
+            assert len({p.sil for p in members}) == len(sils)
+            assert len({p.colours() for p in members}) == len(schemes)
+            # the unstated colours are the family's
+            assert len({(p.shoes, p.bag_colour, p.hat_colour, p.sil.hair_colour, p.sil.skin)
+                        for p in members}) == 1
+        # every family its own silhouettes
+        assert len({p.sil for p in people}) == len({(p.family, p.silhouette) for p in people})
+    # traced sketches of two people of one silhouette in the same pose are identical, those
+    # of two silhouettes of one family are not
+    people = _persons(summary, "cuhk-pedes")
+    family = [p for p in people if p.family == people[0].family]
+    a, b = [p for p in family if p.silhouette == 0][:2]
+    c = next(p for p in family if p.silhouette == 1)
     pose = S.Pose(cx=32.0, feet=124.0)
-    la = S.label_map(S.build_figure(a.sil, pose))
-    lb = S.label_map(S.build_figure(b.sil, pose))
-    assert np.array_equal(la, lb)
+    la, lb, lc = (S.label_map(S.build_figure(p.sil, pose)) for p in (a, b, c))
+    assert np.array_equal(la, lb) and not np.array_equal(la, lc)
     ra = S.render_drawn_sketch(a, "C", np.random.default_rng(0))
     rb = S.render_drawn_sketch(b, "C", np.random.default_rng(0))
     assert np.array_equal(np.asarray(ra), np.asarray(rb))

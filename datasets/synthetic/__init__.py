@@ -47,16 +47,28 @@ two to four) and every image file is in the format its suffix names:
     with a UTF-8 byte-order mark and CRLF line ends as released).  There are no
     split files: ``datasets.prepare`` or the loaders make them.
 
-What makes the data a fair test of sketch + text retrieval:
+What makes the data a fair test of sketch + text retrieval (the "crossed" design,
+:mod:`.persons`; counted and checked by :mod:`.design`):
 
-* people come in groups of 2-4 that share one silhouette (continuous body
-  proportions plus garment shapes, hair, bag and hat) and differ only in the
-  colours they wear, so a sketch alone cannot separate group members while the
-  caption can;
-* silhouettes are drawn per group from continuous ranges, so there are as
-  many distinct outlines as groups;
-* captions only state what the photo shows (gender, age, hair, garments and
-  their colours, shoes, bag, hat);
+* people come in families of F silhouettes (3-4) x C colour schemes (2-3), one person
+  per combination; a family never straddles two splits;
+* a family shares every shape fact Market's attribute sentence states (gender, age,
+  hair length, sleeves, lower garment and length, bag, hat) and the colours it does not
+  state (hair, skin, shoes, bag, hat);
+* its silhouettes differ only in what a line sketch shows and the sentence never says:
+  a bold print on the top (band, two stripes, sash or logo, in a lighter or darker shade
+  of the top's colour, a label of its own so that sketches outline it), a coat-length
+  top, hairstyle (fringe, tuft, ponytail, bun), boots, a bag's shape, build and stature;
+* its colour schemes differ only in the colours the sentence states (top, lower);
+* so the sentence alone narrows a search to the F people of one scheme (no two families
+  share a sentence), a sketch alone to the C people of one silhouette (plus look-alikes),
+  and only both to the person; the summary counts this per split, and for
+  Market-Sketch-1K's test split the best R1/mAP that text only, sketch only or both can
+  reach;
+* photos draw every part's boundary a little darker; the PEDES captions are detailed
+  (prints and shapes included) and every PEDES photo also carries its person's Market
+  attribute sentence as its last caption; PKU-Sketch's Tri-ReID captions leave the
+  sketch-only traits out;
 * the PEDES sketches are traced from the photo's figure (same pose), the
   Market and PKU ones are drawn anew in a neutral pose in one of six styles.
 
@@ -64,19 +76,28 @@ Names, annotations and sketch styles are planned from ``seed`` in one process,
 and every image is drawn from its own random stream keyed by ``(seed, dataset,
 person, image)``: reruns give byte-identical files whatever the number of
 worker processes.  A finished dataset folder carries a ``.synthetic.json``
-marker (settings, format, counts, the attributes of every person and the styles
-of the drawn sketches); such a folder is skipped unless ``--overwrite`` or
-written in an older format.  Folders without the marker are never touched.
+marker (settings, format, counts, the design counts, the attributes of every
+person and the styles of the drawn sketches); such a folder is skipped unless
+``--overwrite`` or written in an older format.  Folders without the marker are never touched.
 
-The package, by concern: :mod:`.persons` (silhouettes, people, groups),
+The package, by concern: :mod:`.persons` (silhouettes, people, families),
 :mod:`.figure` (a figure's polygons and label map), :mod:`.drawing` (photos,
 traced and drawn sketches), :mod:`.captions`, :mod:`.layouts` (per-dataset
-file names, annotation files, splits and image jobs) and :mod:`.writer`
+file names, annotation files, splits and image jobs), :mod:`.design` (the counts, the
+check and the best-possible numbers) and :mod:`.writer`
 (rendering the jobs, writing, markers, :func:`generate` and the command line).
 """
 from __future__ import annotations
 
-from .captions import caption_bt, caption_cuhk, caption_icfg, caption_rstp
+from .captions import caption_attributes_bt, caption_bt, caption_cuhk, caption_icfg, caption_rstp
+from .design import (
+    TRAIT_WORDS,
+    best_possible,
+    check_design,
+    design_counts,
+    expected_rank_metrics,
+    format_design,
+)
 from .drawing import (
     DRAWN,
     STYLES,
@@ -99,6 +120,7 @@ from .layouts import (
     PhotoJob,
     Plan,
     TracedJob,
+    attribute_sentence,
     market_attribute_struct,
     market_sketch_name,
     people,
@@ -110,26 +132,34 @@ from .persons import (
     DATASETS,
     DOWN_COLOURS,
     DRESS_COLOURS,
+    FAMILY_SHAPES,
     HAIR_RGB,
     MARKET_FIELDS,
+    PRINTS,
     SHOE_COLOURS,
+    SIGNATURE_FIELDS,
+    SILHOUETTE_TRAITS,
     SKIN_RGB,
     UP_COLOURS,
     Person,
     Silhouette,
-    make_groups,
+    make_families,
     person_from_dict,
+    print_rgb,
 )
 from .writer import FORMAT_VERSION, IMAGE_FORMATS, JPEG_QUALITY, MARKER, generate, main
 
 __all__ = [
     "BAG_COLOURS", "COLOUR_RGB", "CUHK_SOURCES", "DATASETS", "DOWN_COLOURS", "DRAWN",
-    "DRESS_COLOURS", "DrawnJob", "FOLDERS", "FORMAT_VERSION", "HAIR_RGB", "HEIGHT",
-    "IMAGE_FORMATS", "JPEG_QUALITY", "Job", "LABEL", "MARKER", "MARKET_FIELDS", "PARTS",
-    "PKU_CAMERA_PAIRS", "PKU_STYLES", "Person", "PhotoJob", "Plan", "Pose", "SHOE_COLOURS",
-    "SKETCH_FOLDER", "SKIN_RGB", "STYLES", "SUPER", "Silhouette", "SketchStyle", "TRACED",
-    "TracedJob", "UP_COLOURS", "VIPER_ANGLES", "WIDTH", "build_figure", "caption_bt",
-    "caption_cuhk", "caption_icfg", "caption_rstp", "generate", "label_map", "main",
-    "make_groups", "market_attribute_struct", "market_sketch_name", "people", "person_from_dict",
-    "plan_dataset", "render_drawn_sketch", "render_photo", "sketch_from_labels",
+    "DRESS_COLOURS", "DrawnJob", "FAMILY_SHAPES", "FOLDERS", "FORMAT_VERSION", "HAIR_RGB",
+    "HEIGHT", "IMAGE_FORMATS", "JPEG_QUALITY", "Job", "LABEL", "MARKER", "MARKET_FIELDS",
+    "PARTS", "PKU_CAMERA_PAIRS", "PKU_STYLES", "PRINTS", "Person", "PhotoJob", "Plan", "Pose",
+    "SHOE_COLOURS", "SIGNATURE_FIELDS", "SILHOUETTE_TRAITS", "SKETCH_FOLDER", "SKIN_RGB",
+    "STYLES", "SUPER", "Silhouette", "SketchStyle", "TRACED", "TRAIT_WORDS", "TracedJob",
+    "UP_COLOURS", "VIPER_ANGLES", "WIDTH", "attribute_sentence", "best_possible",
+    "build_figure", "caption_attributes_bt", "caption_bt", "caption_cuhk", "caption_icfg",
+    "caption_rstp", "check_design", "design_counts", "expected_rank_metrics", "format_design",
+    "generate", "label_map", "main", "make_families", "market_attribute_struct",
+    "market_sketch_name", "people", "person_from_dict", "plan_dataset", "print_rgb",
+    "render_drawn_sketch", "render_photo", "sketch_from_labels",
 ]

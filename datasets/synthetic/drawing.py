@@ -18,7 +18,7 @@ from .figure import (
     build_figure,
     label_map,
 )
-from .persons import COLOUR_RGB, HAIR_RGB, SKIN_RGB, Person, Silhouette, _pick
+from .persons import COLOUR_RGB, HAIR_RGB, SKIN_RGB, Person, Silhouette, _pick, print_rgb
 
 # ----------------------------------------------------------------------------
 # Photos
@@ -28,15 +28,14 @@ def _person_palette(p: Person) -> np.ndarray:
     """Colour of every label of the figure, as a 256 x 3 lookup table."""
     lut = np.zeros((256, 3), np.float32)
     sil = p.sil
-    second = p.top[1] if len(p.top) > 1 else p.top[0]
+    sleeves = p.top[1] if len(p.top) > 1 else p.top[0]     # a second top colour: the sleeves
     colours = {
         "hair": HAIR_RGB[sil.hair_colour],
         "backpack": COLOUR_RGB[p.bag_colour], "strap": COLOUR_RGB[p.bag_colour],
         "bag": COLOUR_RGB[p.bag_colour],
         "lower": COLOUR_RGB[p.lower_colour], "shoes": COLOUR_RGB[p.shoes],
-        "top": COLOUR_RGB[p.top[0]], "stripe": COLOUR_RGB[second],
-        "sleeve_l": COLOUR_RGB[second if sil.pattern == "sleeves" else p.top[0]],
-        "sleeve_r": COLOUR_RGB[second if sil.pattern == "sleeves" else p.top[0]],
+        "top": COLOUR_RGB[p.top[0]], "print": print_rgb(p.top[0]),
+        "sleeve_l": COLOUR_RGB[sleeves], "sleeve_r": COLOUR_RGB[sleeves],
         "hat": COLOUR_RGB[p.hat_colour],
     }
     for name in _SKIN_PARTS:
@@ -98,8 +97,26 @@ def _photo_pose(rng, sil: Silhouette) -> Pose:
     return _fit_pose(sil, pose)
 
 
+# Photos draw the boundary of every part this much darker (a tiny model matches photos to
+# line sketches more easily when the lines are there in the photo too).
+OUTLINE_SHADE = 0.72
+
+
+def _outline(lab: np.ndarray) -> np.ndarray:
+    """Figure pixels next to another label (another part or the background)."""
+    diff_x = lab[:, 1:] != lab[:, :-1]
+    diff_y = lab[1:, :] != lab[:-1, :]
+    edge = np.zeros(lab.shape, bool)
+    edge[:, 1:] |= diff_x
+    edge[:, :-1] |= diff_x
+    edge[1:, :] |= diff_y
+    edge[:-1, :] |= diff_y
+    return edge & (lab > 0)
+
+
 def render_photo(person: Person, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
-    """A photo of ``person`` in a random pose and the label map of its figure."""
+    """A photo of ``person`` in a random pose and the label map of its figure; the
+    boundaries of the parts are drawn ``OUTLINE_SHADE`` darker."""
     pose = _photo_pose(rng, person.sil)
     lab = label_map(build_figure(person.sil, pose))
     h, w = lab.shape
@@ -114,6 +131,7 @@ def render_photo(person: Person, rng: np.random.Generator) -> tuple[Image.Image,
     shade = (rng.uniform(0.88, 1.08) * (1 + 0.08 * light * (xx - pose.cx * SUPER) / (0.25 * w))
              * (1 + 0.06 * _smooth_noise(rng, (h, w), (16, 8))))
     fig = fig * shade[..., None]
+    fig[_outline(lab)] *= OUTLINE_SHADE
     img = np.where((lab > 0)[..., None], fig, bg)
     img *= rng.uniform(0.96, 1.04, 3).astype(np.float32)  # camera colour balance
     photo = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).reduce(SUPER)

@@ -15,7 +15,8 @@ SUPER = 2                        # drawing happens at SUPER x the final size
 
 # Parts of a figure, back to front as they are usually drawn.  Every part gets
 # its own label in the label map; sketches are the boundaries between labels.
-PARTS = ("hair", "backpack", "legs", "lower", "shoes", "neck", "top", "stripe",
+# A print on the top has a label of its own, so that traced and drawn sketches outline it.
+PARTS = ("hair", "backpack", "legs", "lower", "shoes", "neck", "top", "print",
          "strap", "arm_l", "arm_r", "sleeve_l", "sleeve_r", "bag", "head", "hat")
 LABEL = {name: i + 1 for i, name in enumerate(PARTS)}
 _SKIN_PARTS = ("legs", "neck", "arm_l", "arm_r", "head")
@@ -45,7 +46,8 @@ def _body_height(sil: Silhouette, pose: Pose) -> float:
 
 def _fit_pose(sil: Silhouette, pose: Pose) -> Pose:
     """Shrink the figure and close the arms until everything is inside the frame."""
-    hat = 0.05 if sil.hat else 0.0
+    # room above the head for a hat, a tuft or a bun
+    hat = 0.05 if sil.hat or sil.hairstyle in ("tuft", "bun") else 0.0
     hb = _body_height(sil, pose)
     room = pose.feet - 2.0
     if hb * (1 + hat) > room:
@@ -75,24 +77,56 @@ def _quad(p0, p1, w0, w1) -> np.ndarray:
     return np.stack([p0 + n * w0, p1 + n * w1, p1 - n * w1, p0 - n * w0])
 
 
-def _clip_y(poly: np.ndarray, y0: float, y1: float) -> np.ndarray:
-    """The part of a polygon between two horizontal lines (Sutherland-Hodgman)."""
-    def cut(points, keep, y):
+def _clip_band(poly: np.ndarray, normal, lo: float, hi: float) -> np.ndarray:
+    """The part of a polygon where ``lo <= normal . p <= hi`` (Sutherland-Hodgman)."""
+    normal = np.asarray(normal, float)
+
+    def cut(points, sign, bound):
         out = []
         for i in range(len(points)):
             a, b = points[i - 1], points[i]
-            ina, inb = keep(a[1]), keep(b[1])
-            if ina != inb:
-                t = (y - a[1]) / (b[1] - a[1])
-                out.append(a + t * (b - a))
-            if inb:
+            da, db = sign * (a @ normal - bound), sign * (b @ normal - bound)
+            if (da >= 0) != (db >= 0):
+                out.append(a + da / (da - db) * (b - a))
+            if db >= 0:
                 out.append(b)
         return out
-    pts = list(np.asarray(poly, float))
-    pts = cut(pts, lambda v: v >= y0, y0)
+    pts = cut(list(np.asarray(poly, float)), 1.0, lo)
     if pts:
-        pts = cut(pts, lambda v: v <= y1, y1)
+        pts = cut(pts, -1.0, hi)
     return np.array(pts) if len(pts) >= 3 else np.zeros((0, 2))
+
+
+def _clip_y(poly: np.ndarray, y0: float, y1: float) -> np.ndarray:
+    """The part of a polygon between two horizontal lines."""
+    return _clip_band(poly, (0.0, 1.0), y0, y1)
+
+
+def _print_pieces(sil: Silhouette, torso: np.ndarray, cx: float, y0: float, y1: float,
+                  sw: float, hw: float) -> list[np.ndarray]:
+    """The print on the top, as polygons inside ``torso``; ``y0``..``y1`` is the chest.
+
+    Bold on purpose: a band is 40 % of the chest, each of two stripes 20 %, a sash a
+    fifth of the torso's width across, a logo about half of it, so that each survives a
+    32 x 16 network input.
+    """
+    span = y1 - y0
+    if sil.print == "band":
+        return [_clip_y(torso, y0 + 0.3 * span, y0 + 0.7 * span)]
+    if sil.print == "stripes":
+        return [_clip_y(torso, y0 + a * span, y0 + b * span) for a, b in ((0.1, 0.3), (0.6, 0.8))]
+    if sil.print == "sash":
+        # from a shoulder to the other hip; across a shoulder bag's strap, not along it
+        side = sil.bag_side if sil.bag == "bag" else -1
+        a, b = np.array([cx + side * 0.85 * sw, y0]), np.array([cx - side * hw, y1])
+        d = (b - a) / np.hypot(*(b - a))
+        normal = np.array([-d[1], d[0]])
+        mid, half = normal @ a, 0.2 * sw
+        return [_clip_band(torso, normal, mid - half, mid + half)]
+    if sil.print == "logo":
+        r = min(0.55 * sw, 0.3 * span)
+        return [_ellipse(cx, y0 + 0.48 * span, r, r, n=24)]
+    return []
 
 
 def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
@@ -119,8 +153,8 @@ def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
     parts: list[tuple[str, np.ndarray]] = []
     add = lambda name, pts: parts.append((name, np.asarray(pts, float)))  # noqa: E731
 
-    # long hair falls behind the neck and shoulders
-    if sil.hair == "long":
+    # long loose hair falls behind the neck and shoulders; a ponytail sticks out at one side
+    if sil.hair == "long" and sil.hairstyle == "loose":
         end = chin + sil.hair_len * hb
         add("hair", [(cx - 0.52 * head_w * vol, ytop + 0.35 * head_h),
                      (cx + 0.52 * head_w * vol, ytop + 0.35 * head_h),
@@ -128,11 +162,24 @@ def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
                      (cx + 0.4 * head_w * vol, end),
                      (cx - 0.4 * head_w * vol, end),
                      (cx - 0.6 * head_w * vol, end - 0.03 * hb)])
+    if sil.hairstyle == "ponytail":
+        tail = sil.hat_side             # a side drawn for the family
+        root = (cx + tail * 0.4 * head_w * vol, ytop + 0.3 * head_h)
+        add("hair", _ellipse(root[0], root[1], 0.2 * head_w, 0.2 * head_w, n=12))
+        add("hair", _quad(root, (cx + tail * 1.0 * head_w * vol, chin + 0.35 * head_h),
+                          0.17 * head_w, 0.11 * head_w))
+    if sil.hairstyle == "bun":
+        add("hair", _ellipse(cx, ytop - 0.04 * head_h, 0.3 * head_w, 0.24 * head_h, n=16))
     if sil.bag == "backpack":
         bw = sw * 0.92 * sil.bag_size
-        add("backpack", [(cx - bw, sh_y + 0.06 * hb), (cx + bw, sh_y + 0.06 * hb),
-                         (cx + bw * 1.04, waist_y + 0.5 * (hip_y - waist_y)),
-                         (cx - bw * 1.04, waist_y + 0.5 * (hip_y - waist_y))])
+        bottom_y = waist_y + 0.5 * (hip_y - waist_y)
+        if sil.bag_shape == "round":
+            y_mid = 0.5 * (sh_y + bottom_y)
+            add("backpack", _ellipse(cx, y_mid + 0.02 * hb, bw * 1.08,
+                                     0.5 * (bottom_y - sh_y) + 0.03 * hb, n=24))
+        else:
+            add("backpack", [(cx - bw, sh_y + 0.06 * hb), (cx + bw, sh_y + 0.06 * hb),
+                             (cx + bw * 1.04, bottom_y), (cx - bw * 1.04, bottom_y)])
 
     # legs, shoes and the lower garment
     legs = []
@@ -159,6 +206,11 @@ def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
         for _side, top, ankle, _d in legs:
             end = top + sil.hem * (ankle - top)
             add("lower", _quad(top, end, hw * 0.54, limb * 0.78))
+    if sil.footwear == "boots":         # shafts up the shin, over trousers (tucked in)
+        for _side, top, ankle, _d in legs:
+            shaft = ankle + 0.32 * (top - ankle)
+            add("shoes", _quad(ankle + 0.02 * hb * np.array([0.0, 1.0]), shaft,
+                               limb * 0.62, limb * 0.6))
     if sil.lower in ("skirt", "dress"):
         hem_y = crotch + sil.hem * leg_len
         spread = max(abs(legs[0][1][0] + sil.hem * (legs[0][2][0] - legs[0][1][0]) - cx),
@@ -177,6 +229,9 @@ def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
                  (cx - 0.22 * head_w, sh_y + 0.05 * hb)])
     bottom = waist_y if sil.lower == "dress" else shirt_hem
     bottom_w = ww * 1.02 if sil.lower == "dress" else hw * 1.02
+    chest_end = bottom
+    if sil.top_length == "coat":        # down to mid-thigh, a little flared
+        bottom, bottom_w = crotch + 0.35 * leg_len, hw * 1.22
     torso = np.array([
         (cx - 0.3 * head_w, sh_y - 0.012 * hb), (cx, sh_y + 0.03 * hb),
         (cx + 0.3 * head_w, sh_y - 0.012 * hb), (cx + sw * 0.78, sh_y - 0.004 * hb),
@@ -185,13 +240,9 @@ def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
         (cx - ww * 1.03, waist_y), (cx - sw * 0.94, sh_y + 0.13 * hb),
         (cx - sw, sh_y + 0.035 * hb), (cx - sw * 0.78, sh_y - 0.004 * hb)])
     add("top", torso)
-    if sil.pattern == "stripes":
-        y0, y1 = sh_y + 0.05 * hb, bottom
-        band = (y1 - y0) / (2 * sil.stripes)
-        for k in range(sil.stripes):
-            piece = _clip_y(torso, y0 + (2 * k + 0.5) * band, y0 + (2 * k + 1.5) * band)
-            if len(piece):
-                add("stripe", piece)
+    for piece in _print_pieces(sil, torso, cx, sh_y + 0.04 * hb, chest_end, sw, hw):
+        if len(piece):
+            add("print", piece)
     if sil.bag == "backpack":
         for side in (-1, 1):
             add("strap", _quad((cx + side * sw * 0.55, sh_y - 0.006 * hb),
@@ -229,9 +280,12 @@ def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
         bx = cx + s * (hw + 0.25 * bw)
         add("strap", _quad((cx - s * sw * 0.55, sh_y - 0.004 * hb),
                            (bx - s * 0.1 * bw, hip_y - 0.5 * bh), 0.013 * hb, 0.013 * hb))
-        add("bag", [(bx - bw / 2, hip_y - 0.5 * bh), (bx + bw / 2, hip_y - 0.5 * bh),
-                    (bx + bw / 2 + 0.04 * bw * s, hip_y + 0.5 * bh),
-                    (bx - bw / 2 + 0.04 * bw * s, hip_y + 0.5 * bh)])
+        if sil.bag_shape == "round":
+            add("bag", _ellipse(bx, hip_y + 0.05 * bh, 0.5 * bw, 0.62 * bh, n=20))
+        else:
+            add("bag", [(bx - bw / 2, hip_y - 0.5 * bh), (bx + bw / 2, hip_y - 0.5 * bh),
+                        (bx + bw / 2 + 0.04 * bw * s, hip_y + 0.5 * bh),
+                        (bx - bw / 2 + 0.04 * bw * s, hip_y + 0.5 * bh)])
     if sil.bag == "handbag":
         s = sil.bag_side
         hx, hy = hands[s]
@@ -239,15 +293,29 @@ def build_figure(sil: Silhouette, pose: Pose) -> list[tuple[str, np.ndarray]]:
         top = hy + limb * 0.9
         add("bag", _quad((hx - bw * 0.32, top), (hx, hy - limb * 0.2), 0.012 * hb, 0.012 * hb))
         add("bag", _quad((hx + bw * 0.32, top), (hx, hy - limb * 0.2), 0.012 * hb, 0.012 * hb))
-        add("bag", [(hx - bw / 2, top), (hx + bw / 2, top),
-                    (hx + bw * 0.56, top + bh), (hx - bw * 0.56, top + bh)])
+        if sil.bag_shape == "round":
+            add("bag", _ellipse(hx, top + 0.45 * bh, 0.55 * bw, 0.6 * bh, n=18))
+        else:
+            add("bag", [(hx - bw / 2, top), (hx + bw / 2, top),
+                        (hx + bw * 0.56, top + bh), (hx - bw * 0.56, top + bh)])
 
     # head, hair, hat
     hcy = ytop + head_h / 2
     add("head", _ellipse(cx, hcy, head_w / 2, head_h / 2, n=24))
     cap = _ellipse(cx, hcy - 0.06 * head_h, 0.54 * head_w * vol, 0.52 * head_h, 172, 368, 18)
     add("hair", cap)
-    if sil.hair == "long":
+    if sil.hairstyle == "fringe":       # hair over the forehead, a jagged edge
+        xs = np.linspace(-0.5, 0.5, 7) * head_w * vol
+        edge = [(cx + x, hcy + (0.26 if k % 2 else 0.08) * head_h) for k, x in enumerate(xs)]
+        add("hair", [(cx - 0.52 * head_w * vol, hcy - 0.2 * head_h)] + edge
+            + [(cx + 0.52 * head_w * vol, hcy - 0.2 * head_h)])
+    if sil.hairstyle == "tuft":         # spikes standing up on top
+        w = 0.34 * head_w
+        add("hair", [(cx - w, ytop + 0.12 * head_h), (cx - 0.6 * w, ytop - 0.32 * head_h),
+                     (cx - 0.1 * w, ytop + 0.02 * head_h), (cx + 0.35 * w, ytop - 0.38 * head_h),
+                     (cx + 0.55 * w, ytop + 0.02 * head_h), (cx + 1.05 * w, ytop - 0.22 * head_h),
+                     (cx + w, ytop + 0.14 * head_h)])
+    if sil.hair == "long" and sil.hairstyle == "loose":
         end = chin + sil.hair_len * hb
         for side in (-1, 1):
             add("hair", _quad((cx + side * 0.4 * head_w * vol, hcy - 0.1 * head_h),

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .captions import _CAPTIONERS, _CAPTIONS_PER_PHOTO, caption_bt, caption_cuhk
+from .captions import (
+    _CAPTIONERS,
+    _CAPTIONS_PER_PHOTO,
+    caption_attributes_bt,
+    caption_bt,
+    caption_cuhk,
+)
 from .drawing import STYLES
-from .persons import _CODES, DATASETS, MARKET_FIELDS, Person, _pick, _rng, make_groups
+from .persons import _CODES, DATASETS, MARKET_FIELDS, Person, _pick, _rng, make_families
 
 FOLDERS = {
     "cuhk-pedes": "CUHK-PEDES",
@@ -23,28 +29,35 @@ FOLDERS = {
     "mask1k": "Market-Sketch-1K",
     "pku-sketch": "PKU-Sketch",
 }
-# people at scale 1, and the fewest that still give every split a whole group
+# people at scale 1; families (6 to 12 people) never straddle two splits, so every split
+# needs a whole one: the fewest people that give each split a family (6 + 6 + 8 for the
+# three PEDES splits, 6 + 6 for Market's two)
 _BASE_PEOPLE = {"cuhk-pedes": 140, "icfg-pedes": 130, "rstpreid": 110,
                 "mask1k": 120, "pku-sketch": 200}
-_MIN_PEOPLE = {"cuhk-pedes": 10, "icfg-pedes": 10, "rstpreid": 10,
-               "mask1k": 8, "pku-sketch": 8}
+_MIN_PEOPLE = {"cuhk-pedes": 20, "icfg-pedes": 20, "rstpreid": 20,
+               "mask1k": 12, "pku-sketch": 8}
+_MIN_FAMILIES = {"cuhk-pedes": 3, "icfg-pedes": 3, "rstpreid": 3, "mask1k": 2, "pku-sketch": 1}
 
 
 def _n_people(dataset: str, scale: float) -> int:
     return max(_MIN_PEOPLE[dataset], int(round(_BASE_PEOPLE[dataset] * float(scale))))
 
 
-def _take_groups(rng, groups: list[list], target: int) -> tuple[list[list], list[list]]:
-    """Pick whole groups (in random order) until about ``target`` people are taken."""
-    order = [groups[int(i)] for i in rng.permutation(len(groups))]
-    taken, rest, count = [], [], 0
-    for g in order:
-        if count < target and (count + len(g) <= target + 1 or not taken):
-            taken.append(g)
-            count += len(g)
-        else:
-            rest.append(g)
-    return taken, rest
+def _take_families(rng, families: list[list], target: int) -> tuple[list[list], list[list]]:
+    """Pick whole families (in random order) until about ``target`` people are taken
+    (at most 3 more); at least one, the smallest, when none fits, and never all."""
+    order = [families[int(i)] for i in rng.permutation(len(families))]
+    taken, count = [], 0
+    for k, fam in enumerate(order):
+        if len(taken) == len(order) - 1:       # leave one for the other split(s)
+            break
+        if count < target and count + len(fam) <= target + 3:
+            taken.append(k)
+            count += len(fam)
+    if not taken:
+        taken = [min(range(len(order)), key=lambda k: len(order[k]))]
+    return ([order[k] for k in taken],
+            [fam for k, fam in enumerate(order) if k not in taken])
 
 
 # Image jobs.  ``seed_key`` keys the image's own random stream, ``_rng(*seed_key)``:
@@ -111,9 +124,9 @@ class Plan:
     sketches: int = 0
 
 
-def _assign(groups, split, ids) -> list[Person]:
+def _assign(families, split, ids) -> list[Person]:
     people = []
-    members = [m for g in groups for m in g]
+    members = [m for fam in families for m in fam]
     for m, pid in zip(members, ids):
         people.append(Person(pid=int(pid), split=split, **m))
     return people
@@ -194,17 +207,17 @@ def _sketch_path(photo_rel: str) -> str:
 def _plan_pedes(name: str, seed: int, scale: float, root: str) -> Plan:
     code = _CODES[name]
     n = _n_people(name, scale)
-    groups = make_groups(seed, name, n)
+    families = make_families(seed, name, n, _MIN_FAMILIES[name])
     rng = _rng(seed, code, 2)
     n_test = max(2, int(round(0.2 * n)))
     n_val = max(2, int(round(0.1 * n)))
-    test, rest = _take_groups(rng, groups, n_test)
-    val, train = _take_groups(rng, rest, n_val)
+    test, rest = _take_families(rng, families, n_test)
+    val, train = _take_families(rng, rest, n_val)
     people, next_id = [], 1
-    for split, gs in (("train", train), ("val", val), ("test", test)):
-        count = sum(len(g) for g in gs)
+    for split, fams in (("train", train), ("val", val), ("test", test)):
+        count = sum(len(fam) for fam in fams)
         ids = next_id + rng.permutation(count)
-        people += _assign(gs, split, ids)
+        people += _assign(fams, split, ids)
         next_id += count
     people.sort(key=lambda q: q.pid)
     plan = Plan(name, people)
@@ -214,6 +227,8 @@ def _plan_pedes(name: str, seed: int, scale: float, root: str) -> Plan:
     sketches = Path(root) / SKETCH_FOLDER[name]
     entries = []
     for p in people:
+        # every photo also gets the person's Market attribute sentence, the stage-2 words
+        attributes = attribute_sentence(p)
         for k, rel in zip((1, 2), paths[p.pid]):
             plan.jobs.append(TracedJob((seed, code, 10, p.pid, k), p, str(photos / rel),
                                        str(sketches / _sketch_path(rel))))
@@ -224,16 +239,18 @@ def _plan_pedes(name: str, seed: int, scale: float, root: str) -> Plan:
                 c = caption(p, crng)
                 if c not in caps:
                     caps.append(c)
+            caps.append(attributes)
             if name == "rstpreid":      # the dataset's own annotation file
                 entries.append({"id": p.pid, "img_path": rel, "captions": caps, "split": p.split})
                 continue
             entry = {"id": p.pid, "file_path": rel, "captions": caps, "split": p.split}
             if p.split == "train" and crng.random() < 0.5:
                 bts = []
-                while len(bts) < len(caps):
+                while len(bts) < len(caps) - 1:
                     c = caption_bt(p, crng)
                     if c not in bts and c not in caps:
                         bts.append(c)
+                bts.append(caption_attributes_bt(p, crng))   # at the sentence's position
                 entry["captions_bt"] = bts
             entries.append(entry)
     if name == "rstpreid":
@@ -258,9 +275,9 @@ def _plan_market(seed: int, scale: float, root: str) -> Plan:
     name = "mask1k"
     code = _CODES[name]
     n = _n_people(name, scale)
-    groups = make_groups(seed, name, n)
+    families = make_families(seed, name, n, _MIN_FAMILIES[name])
     rng = _rng(seed, code, 2)
-    query, train = _take_groups(rng, groups, n // 2)
+    query, train = _take_families(rng, families, n // 2)
     n_train, n_query = sum(map(len, train)), sum(map(len, query))
     ids = rng.choice(np.arange(1, 1502), size=n_train + n_query, replace=False)
     people = _assign(train, "train", ids[:n_train]) + _assign(query, "query", ids[n_train:])
@@ -313,9 +330,9 @@ def _plan_pku(seed: int, scale: float, root: str) -> Plan:
     name = "pku-sketch"
     code = _CODES[name]
     n = _n_people(name, scale)
-    groups = make_groups(seed, name, n)
+    families = make_families(seed, name, n, _MIN_FAMILIES[name])
     rng = _rng(seed, code, 2)
-    members = [m for g in groups for m in g]
+    members = [m for fam in families for m in fam]
     ids = 1 + rng.permutation(len(members))
     people = sorted((Person(pid=int(i), split="all", **m) for m, i in zip(members, ids)),
                     key=lambda q: q.pid)
@@ -333,7 +350,8 @@ def _plan_pku(seed: int, scale: float, root: str) -> Plan:
             plan.jobs.append(PhotoJob((seed, code, 10, p.pid, k), p,
                                       str(Path(root, "photo", fname))))
             crng = _rng(seed, code, 11, p.pid, k)
-            lines.append(f"{p.pid}/{fname}@{caption_cuhk(p, crng)}")
+            # PKU's feedback texts: what a witness says, the sketch-only traits left out
+            lines.append(f"{p.pid}/{fname}@{caption_cuhk(p, crng, shapes=False)}")
         si = style_of[p.pid]
         plan.styles[p.pid] = [STYLES[si]]
         plan.jobs.append(DrawnJob((seed, code, 12, p.pid, si), p,
@@ -347,6 +365,14 @@ def _plan_pku(seed: int, scale: float, root: str) -> Plan:
         rel = f"styleAnnotation/{style.lower()}_{len(pids)}.txt"
         plan.texts[rel] = "".join(f"{i}\n" for i in pids)
     return plan
+
+
+def attribute_sentence(person: Person) -> str:
+    """``person``'s Market attribute sentence, the stage-2 text feedback (the loaders' own
+    :func:`datasets.market_sketch.feedback_sentence`)."""
+    from datasets.market_sketch import feedback_sentence  # imports torch: only when needed
+
+    return feedback_sentence(person.market_attributes())
 
 
 def plan_dataset(name: str, seed: int = 0, scale: float = 1.0, root: str = "") -> Plan:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .design import best_possible, design_counts, format_design
 from .drawing import TRACED, render_drawn_sketch, render_photo, sketch_from_labels
 from .layouts import FOLDERS, DrawnJob, Job, PhotoJob, Plan, TracedJob, plan_dataset
 from .persons import DATASETS, _rng
@@ -25,7 +26,7 @@ log = logging.getLogger(__package__)
 
 JPEG_QUALITY = 92
 MARKER = ".synthetic.json"
-FORMAT_VERSION = 2               # of the files written; a folder in another format is rewritten
+FORMAT_VERSION = 3               # of the files written; a folder in another format is rewritten
 
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
 
@@ -100,10 +101,23 @@ def _clear_mat_timestamp(path: Path) -> None:
             fh.write(fixed.ljust(116, b" "))
 
 
+def _design(plan: Plan) -> dict:
+    """People per sentence, signature and both, per split; for Market-Sketch-1K also the
+    best possible R1/mAP of its test split (queries: its people; gallery: its photos)."""
+    design = {"splits": design_counts(plan.people)}
+    if plan.name == "mask1k":
+        queries = [p for p in plan.people if p.split == "query"]
+        gallery = [job.person for job in plan.jobs
+                   if isinstance(job, PhotoJob) and job.person.split == "query"]
+        design["best_possible"] = best_possible(queries, gallery)
+    return design
+
+
 def _summary(plan: Plan, path: str, status: str, seed: int, scale: float) -> dict:
     return {"dataset": plan.name, "folder": path, "status": status, "seed": seed,
             "scale": scale, "people": len(plan.people), "photos": plan.photos,
-            "sketches": plan.sketches, "persons": [p.to_dict() for p in plan.people],
+            "sketches": plan.sketches, "design": _design(plan),
+            "persons": [p.to_dict() for p in plan.people],
             "sketch_styles": {str(pid): styles for pid, styles in plan.styles.items()}}
 
 
@@ -118,6 +132,9 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Sequence[str]
     Each entry has ``status`` (``generated``, ``skipped`` when a finished folder
     was there already, ``foreign`` when a folder not written by this module was
     there and left alone), ``people``, ``photos``, ``sketches``, ``folder``,
+    ``design`` (per split, people per attribute sentence, per sketch signature and per
+    both, :func:`.design.design_counts`; for ``mask1k`` also ``best_possible``, the R1/mAP
+    ceilings of text-only, sketch-only and combined queries on its test split),
     ``persons`` (the attributes of every person, :meth:`Person.to_dict`) and
     ``sketch_styles`` (``{"<pid>": [style, ...]}``, the styles of ``STYLES`` each
     person's drawn sketches are in; empty for the PEDES sets, whose sketches are
@@ -141,8 +158,8 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Sequence[str]
             if not marker.is_file():
                 log.warning("%s exists and was not written by this generator: left alone", final)
                 summary[nm] = {"dataset": nm, "folder": str(final), "status": "foreign",
-                               "people": 0, "photos": 0, "sketches": 0, "persons": [],
-                               "sketch_styles": {}}
+                               "people": 0, "photos": 0, "sketches": 0, "design": {},
+                               "persons": [], "sketch_styles": {}}
                 continue
             try:
                 info = json.loads(marker.read_text())
@@ -228,4 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = sum(_folder_size(s["folder"]) for s in summary.values() if s["status"] != "foreign")
     print(f"{args.out}: " + "; ".join(parts)
           + f"; {size / 2 ** 20:.1f} MiB in {time.perf_counter() - start:.1f} s")
+    table = format_design(summary)
+    if len(table.splitlines()) > 2:
+        print(table)
     return 0
