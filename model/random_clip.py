@@ -29,6 +29,12 @@ PRESETS = {
                              pretrained_grid=(4, 4), text_width=64, text_layers=2,
                              vocab_size=VOCAB_SIZE, pretrained_context_length=77,
                              quick_gelu=True),
+    # The CPU demo's (demo.sh): the tiny towers twice as deep, patches of 4 pixels for its
+    # 32x16 input, so that line drawings keep their detail in 8x4 patches.
+    "demo": ClipArchitecture(embed_dim=64, patch_size=4, vision_width=64, vision_layers=4,
+                             pretrained_grid=(8, 8), text_width=64, text_layers=4,
+                             vocab_size=VOCAB_SIZE, pretrained_context_length=77,
+                             quick_gelu=True),
     # The shapes of OpenAI's ViT-B/16 (and of open_clip's ViT-B-16).
     "vit-b-16": ClipArchitecture(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
                                  pretrained_grid=(14, 14), text_width=512, text_layers=12,

@@ -322,3 +322,18 @@ def test_last_block_at_the_pooled_positions_equals_the_full_outputs_rows(causal)
     pooled_model(x, pooled=positions).square().sum().backward()
     for (name, a), b in zip(full.named_parameters(), pooled_model.parameters()):
         assert relative_error(b.grad, a.grad) < 1e-5, name
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo"])
+def test_presets_load_with_their_sizes(tmp_path, name):
+    """A preset's file reads back as the same architecture (the demo's at its 32x16 input,
+    the position grid resampled from the file's square one)."""
+    torch.save(random_clip_state_dict(PRESETS[name]), tmp_path / "clip.pt")
+    model = load_clip(tmp_path / "clip.pt", image_size=(32, 16))
+    arch = PRESETS[name]
+    assert model.arch.patch_size == arch.patch_size
+    assert (model.arch.vision_layers, model.arch.text_layers) == (arch.vision_layers,
+                                                                  arch.text_layers)
+    assert model.visual.grid_size == (32 // arch.patch_size, 16 // arch.patch_size)
+    with torch.no_grad():
+        assert model.encode_image(torch.randn(2, 3, 32, 16)).shape == (2, arch.embed_dim)
