@@ -1,7 +1,9 @@
 """Datasets by name (``data.dataset``): the one registry of what can be trained and tested.
 
-Each name maps to a loader module (``pedes``, ``market_sketch``, ``pku_sketch``) and the
-datasets it stands for (Tri-PEDES is the union of three). Every loader offers the same
+Each name maps to a loader module (``pedes``, ``market_sketch``, ``pku_sketch``,
+``manifest``) and the datasets it stands for (Tri-PEDES is the union of three). ``manifest``
+is your own data: a ``.jsonl`` or ``.csv`` file named by ``data.manifest``, a row per photo
+(``datasets.manifest``). Every loader offers the same
 interface, which is all the rest of the project uses:
 
     config_train_samples(cfg, members, trial)        -> [TrainSample]
@@ -34,6 +36,7 @@ REGISTRY = {
     **{name: Entry("pedes", (name,), ("adapt", "token")) for name in PEDES},
     "mask1k": Entry("market_sketch", ("mask1k",), ("token",)),
     "pku-sketch": Entry("pku_sketch", ("pku-sketch",), ("token",)),
+    "manifest": Entry("manifest", ("manifest",), ("adapt", "token")),
 }
 DATASET_NAMES = tuple(REGISTRY)
 
@@ -57,6 +60,14 @@ def members(name: str) -> list:
 def loader(name: str):
     """The loader module of dataset ``name``."""
     return importlib.import_module(f"datasets.{REGISTRY[check_name(name)].loader}")
+
+
+def source(cfg) -> str:
+    """Where ``cfg``'s data come from, for messages: ``data.dataset=NAME`` or, for your own
+    data, ``data.manifest=FILE``."""
+    if cfg.data.dataset == "manifest":
+        return f"data.manifest={cfg.data.get('manifest')}"
+    return f"data.dataset={cfg.data.dataset}"
 
 
 def train_samples(cfg, trial=None) -> list:

@@ -180,7 +180,7 @@ class TrainSample:
 
     label: int  # person label, 0..N-1 over the training set
     photos: tuple  # photo paths of this pairing (one is drawn per use)
-    sketch: Path
+    sketch: Path | None  # None: no sketch (a manifest row may have only captions)
     captions: tuple = ()  # one is drawn per use (stage 1)
     captions_bt: tuple = ()  # back-translated captions, drawn with probability backtrans_p
 
@@ -204,6 +204,7 @@ class EvalSet:
     text_queries: list = dataclasses.field(default_factory=list)  # stage 1: captions
     text_ids: list = dataclasses.field(default_factory=list)
     text_photos: list = dataclasses.field(default_factory=list)  # the photo a caption describes
+    text_cams: list | None = None  # cams of the text queries (None: no gallery photo left out)
     feedback: list = dataclasses.field(default_factory=list)  # stage 2: text per sketch query
 
     def __post_init__(self):
@@ -214,13 +215,14 @@ class EvalSet:
 
 
 class PairDataset(Dataset):
-    """Yields ``{"photo", "sketch", "tokens", "label"}``; tokenisation happens here, not in
-    the model."""
+    """Yields ``{"photo", "sketch", "tokens", "label"}`` (``sketch`` with ``with_sketch``,
+    ``tokens`` with ``with_text``); tokenisation happens here, not in the model."""
 
     def __init__(self, samples: Sequence[TrainSample], photo_transform: Callable,
                  sketch_transform: Callable, context_length: int = 77,
                  backtrans_p: float = 0.0, with_text: bool = True, with_view: bool = False,
-                 with_caption: bool = False, load_truncated_images: bool = True):
+                 with_caption: bool = False, load_truncated_images: bool = True,
+                 with_sketch: bool = True):
         if not samples:
             raise DatasetError("the training split is empty")
         self.samples = list(samples)
@@ -228,6 +230,7 @@ class PairDataset(Dataset):
         self.context_length = context_length
         self.backtrans_p = backtrans_p
         self.with_text = with_text
+        self.with_sketch = with_sketch
         self.with_view = with_view  # a second augmented photo (SimCLR self-supervision)
         self.with_caption = with_caption
         self.load_truncated_images = load_truncated_images  # see ``read_image``
@@ -247,9 +250,10 @@ class PairDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            item = {"photo": self.photo_transform(self._read(rng.choice(sample.photos))),
-                    "sketch": self.sketch_transform(self._read(sample.sketch)),
-                    "label": torch.tensor(sample.label)}
+            item = {"photo": self.photo_transform(self._read(rng.choice(sample.photos)))}
+            if self.with_sketch:
+                item["sketch"] = self.sketch_transform(self._read(sample.sketch))
+            item["label"] = torch.tensor(sample.label)
             if self.with_view:
                 item["photo_view"] = self.photo_transform(self._read(rng.choice(sample.photos)))
         if self.with_text:
@@ -348,7 +352,8 @@ def drop_samples_with_bad_images(samples: list, load_truncated_images: bool = Tr
     """(usable samples, unreadable paths, truncated paths): samples lose unreadable photos;
     a sample whose sketch or every photo is unreadable is dropped."""
     bad, truncated = scan_images([p for s in samples for p in s.photos] +
-                                 [s.sketch for s in samples], load_truncated_images)
+                                 [s.sketch for s in samples if s.sketch is not None],
+                                 load_truncated_images)
     kept = []
     for sample in samples:
         photos = tuple(p for p in sample.photos if p not in bad)

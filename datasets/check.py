@@ -3,26 +3,33 @@
     python -m datasets.check --config config/TriPEDES_pretrain.yaml data.root=/data
     python -m datasets.check --config config/Market_finetune.yaml
     python -m datasets.check --config config/PKU_finetune.yaml data.trials=[1,2] --json check.json
+    python -m datasets.check data.dataset=manifest data.manifest=mine/people.csv
 
 The dataset is the config's ``data.dataset`` under ``data.root`` (``tri-pedes`` checks its
-three PEDES sets), read with the same path conventions as the loaders. Printed per split:
+three PEDES sets; ``manifest`` the file ``data.manifest``, paths named from its folder),
+read with the same path conventions as the loaders. Printed per split:
 
 - PEDES sets: identities, photos, sketches and captions of train, val and test, from
   TBPS-CLIP's ``*_reid.json`` files or the dataset's own annotation file;
 - Market-Sketch-1K: identities, photos and sketches (in all and per artist style) of
   train and query, and how many of those people have attributes;
 - PKU-Sketch: identities, photos, sketches and captions of train and test of every trial
-  in ``data.trials`` (from ``idx/``, or drawn from ``seed`` as the loader does).
+  in ``data.trials`` (from ``idx/``, or drawn from ``seed`` as the loader does);
+- a manifest: identities, photos, cameras, sketches, captions and rows with feedback of
+  its train, query, gallery and val rows.
 
 Everything is read with the loaders' own parsers (``pedes.parse_annotations`` and
 ``locate``, ``market_sketch.person_id``, ``pku_sketch.parse_captions``, ``parse_index``,
-``scan_photos``...), which return every problem instead of stopping at the first.
+``scan_photos``, ``manifest.load``...), which return every problem instead of stopping at
+the first. A manifest's problems name the file, the line and the field.
 
 Then every warning and every problem, in groups (20 of each are listed, then a count).
 Warnings do not stop training: truncated images, which load as far as their data go with
 ``data.load_truncated_images=true`` (the default; with false they are unreadable), and
 PKU-Sketch visible lists (``idx/*_visible_*.txt``) that disagree with ``photo/`` (the
-loaders take every photo of a split's people from ``photo/``). Problems: annotation files
+loaders take every photo of a split's people from ``photo/``), and in a manifest query
+sketches without feedback, queries whose every gallery photo shares their camera and
+people both trained on and tested. Problems: annotation files
 or folders that are missing or cannot be parsed, annotation entries pointing at nothing,
 missing sketches, people whose sketch has no photo (or no attributes), unreadable images
 (every image is decoded, in parallel) and empty splits.
@@ -46,6 +53,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import datasets as registry
+from datasets import manifest
 from datasets.base import PROBLEM_KINDS, check_image
 from utils.config import config_from_command_line
 from utils.errors import ConfigError, exit_on_user_error
@@ -59,6 +67,7 @@ WARNING_KINDS = {
                  "(data.load_truncated_images=true)",
     "split_lists": "visible lists that disagree with photo/ (the photos of a split's people "
                    "come from photo/)",
+    **manifest.WARNING_KINDS,
 }
 
 

@@ -16,6 +16,11 @@ from model.losses import cyclic_loss, nt_xent_loss, reverse_kl_loss, soft_contra
 from model.retrieval import RetrievalModel
 from utils.distributed import gather_no_grad, gather_with_grad
 
+# What each loss compares besides photos: data without sketches or captions turns off the
+# losses that need them (``engine.stages``).
+LOSS_INPUTS = {"nitc": ("text",), "nisc": ("sketch",), "ritc": ("text",), "id": ("text",),
+               "citc": ("text",), "ss": ()}
+
 
 class AdaptModel(RetrievalModel):
     """CLIP plus the optional heads of the auxiliary losses; ``forward(batch)`` returns the
@@ -23,8 +28,7 @@ class AdaptModel(RetrievalModel):
 
     def __init__(self, clip: CLIP, loss_cfg, num_classes: int):
         super().__init__(clip, loss_cfg)
-        self.weights = {name: float(loss_cfg[name]) for name in ("nitc", "nisc", "ritc", "id",
-                                                                 "citc", "ss")}
+        self.weights = {name: float(loss_cfg[name]) for name in LOSS_INPUTS}
         self.ritc_eps = loss_cfg.ritc_eps
         self.citc_lambdas = (loss_cfg.citc_lambda1, loss_cfg.citc_lambda2)
         self.ss_temperature = loss_cfg.ss_temperature
@@ -40,16 +44,22 @@ class AdaptModel(RetrievalModel):
 
     def forward(self, batch: dict, alpha: float = 0.0) -> dict:
         """batch: photo [B,3,H,W], sketch [B,3,H,W], tokens [B,L], label [B] (+ photo_view
-        for SS). ``alpha``: share of soft targets in N-ITC/N-ISC (ramped by the trainer)."""
+        for SS; sketch or tokens may be absent when no loss on needs them). ``alpha``:
+        share of soft targets in N-ITC/N-ISC (ramped by the trainer)."""
         return self.losses(self.features(batch), batch["label"], alpha)
 
     def features(self, batch: dict) -> dict:
-        """Normalised features [B, E] of one (micro-)batch: photo, sketch, text (+ view)."""
+        """Normalised features [B, E] of one (micro-)batch: photo, sketch and text where the
+        batch has them (+ view)."""
         batch_size = batch["photo"].shape[0]
         # One pass of the image tower for photos and sketches together.
-        image_feats = self.encode_image(torch.cat([batch["photo"], batch["sketch"]]))
-        feats = {"photo": image_feats[:batch_size], "sketch": image_feats[batch_size:],
-                 "text": self.encode_text(batch["tokens"])}
+        images = [batch["photo"]] + ([batch["sketch"]] if "sketch" in batch else [])
+        image_feats = self.encode_image(torch.cat(images))
+        feats = {"photo": image_feats[:batch_size]}
+        if "sketch" in batch:
+            feats["sketch"] = image_feats[batch_size:]
+        if "tokens" in batch:
+            feats["text"] = self.encode_text(batch["tokens"])
         if self.weights["ss"] > 0:
             feats["view"] = self.encode_image(batch["photo_view"])
         if self.separate_soft_target_pass:
@@ -61,12 +71,13 @@ class AdaptModel(RetrievalModel):
         process's rows), labels [B]. Features of every process take part; gradients flow
         to this process's rows."""
         all_labels = gather_no_grad(labels)
-        photos, sketches, texts = (gather_with_grad(feats[key])
+        photos, sketches, texts = (gather_with_grad(feats[key]) if key in feats else None
                                    for key in ("photo", "sketch", "text"))
         soft_photos = soft_sketches = soft_texts = None
         if "soft_photo" in feats and alpha > 0:
             soft_photos, soft_sketches, soft_texts = (
-                gather_no_grad(feats[key]) for key in ("soft_photo", "soft_sketch", "soft_text"))
+                gather_no_grad(feats[key]) if key in feats else None
+                for key in ("soft_photo", "soft_sketch", "soft_text"))
         scale = self.logit_scale()
         w = self.weights
         losses = {}
@@ -97,6 +108,9 @@ class AdaptModel(RetrievalModel):
     def _soft_target_features(self, batch: dict) -> dict:
         """A second, gradient-free pass for the soft targets (the reference's way: with the
         text tower's dropout it sees other masks than the pass being trained)."""
-        return {"soft_photo": self.encode_image(batch["photo"]),
-                "soft_sketch": self.encode_image(batch["sketch"]),
-                "soft_text": self.encode_text(batch["tokens"])}
+        feats = {"soft_photo": self.encode_image(batch["photo"])}
+        if "sketch" in batch:
+            feats["soft_sketch"] = self.encode_image(batch["sketch"])
+        if "tokens" in batch:
+            feats["soft_text"] = self.encode_text(batch["tokens"])
+        return feats

@@ -6,8 +6,12 @@ mats hold the annotation files, for :mod:`.writer` to write.
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +126,7 @@ class Plan:
     styles: dict[int, list[str]] = field(default_factory=dict)  # person -> styles drawn (STYLES)
     photos: int = 0
     sketches: int = 0
+    rows: list[dict] = field(default_factory=list)  # the manifest layout's rows, else empty
 
 
 def _assign(families, split, ids) -> list[Person]:
@@ -365,6 +370,109 @@ def _plan_pku(seed: int, scale: float, root: str) -> Plan:
         rel = f"styleAnnotation/{style.lower()}_{len(pids)}.txt"
         plan.texts[rel] = "".join(f"{i}\n" for i in pids)
     return plan
+
+
+# The manifest layout (``datasets.manifest``): a dataset's people as a row per photo.
+MANIFEST_FOLDERS = {"mask1k": "Market-Sketch-1K-manifest"}
+MANIFEST_FILES = ("manifest.jsonl", "manifest.csv")
+MANIFEST_COLUMNS = ("image", "person_id", "camera", "split", "captions", "sketches", "feedback")
+QUERY_PHOTO = 50  # photo number, in the seed key, of a query row's own photo
+_MARKET_CAMERA = re.compile(r"_c(\d)s")
+
+
+def _plan_manifest_market(seed: int, scale: float, root: str) -> Plan:
+    """Market-Sketch-1K's people as a manifest: the same photos and sketches (the same
+    random streams, so the same bytes) in ``photos/{train,gallery}/`` and
+    ``sketches/<style>/{train,query}/``, and ``manifest.jsonl`` / ``manifest.csv``.
+
+    Train rows: a person's photos, its sketches dealt round them, one or two detailed
+    captions each. Gallery rows: the test photos (Market's ``photo/query/``), with their
+    camera and nothing else. Query rows: one per test person, a photo of its own in
+    ``photos/query/`` from a camera none of its gallery photos has (so the camera rule
+    leaves nothing out, as Market-Sketch-1K, whose sketches have no camera), with all its
+    test sketches and one or two detailed captions. Every row's feedback is its person's
+    Market attribute sentence, the stage-2 feedback of the named dataset.
+    """
+    market = _plan_market(seed, scale, root)
+    code = _CODES["mask1k"]
+    plan = Plan("mask1k", market.people, styles=market.styles)
+    photos_of, sketches_of = {}, {}
+    for job in market.jobs:
+        split = job.person.split
+        if isinstance(job, PhotoJob):
+            folder = "train" if split == "train" else "gallery"
+            job = replace(job, photo=str(Path(root, "photos", folder, Path(job.photo).name)))
+            photos_of.setdefault(job.person.pid, []).append(job)
+        else:
+            style_folder = Path(job.sketch).parent.parent.name
+            job = replace(job, sketch=str(Path(root, "sketches", style_folder, split,
+                                               Path(job.sketch).name)))
+            sketches_of.setdefault(job.person.pid, []).append(job)
+        plan.jobs.append(job)
+
+    def relative(path: str) -> str:
+        return Path(path).relative_to(root).as_posix()
+
+    def captions(p: Person, number: int) -> list[str]:
+        crng = _rng(seed, code, 15, p.pid, number)
+        count = _pick(crng, _CAPTIONS_PER_PHOTO["cuhk-pedes"])
+        texts = []
+        while len(texts) < count:
+            text = caption_cuhk(p, crng)
+            if text not in texts:
+                texts.append(text)
+        return texts
+
+    train, queries, gallery = [], [], []
+    for p in market.people:
+        feedback = attribute_sentence(p)
+        photos, sketches = photos_of[p.pid], [job.sketch for job in sketches_of[p.pid]]
+        cams = [int(_MARKET_CAMERA.search(Path(job.photo).name).group(1)) for job in photos]
+        if p.split == "train":
+            for k, job in enumerate(photos):
+                train.append({"image": relative(job.photo), "person_id": p.pid, "camera": cams[k],
+                              "split": "train", "captions": captions(p, k),
+                              "sketches": [relative(path) for path in sketches[k::len(photos)]],
+                              "feedback": feedback})
+            continue
+        gallery += [{"image": relative(job.photo), "person_id": p.pid, "camera": cam,
+                     "split": "gallery"} for job, cam in zip(photos, cams)]
+        cam = min(set(range(1, 7)) - set(cams))
+        photo = str(Path(root, "photos", "query", f"{p.pid:04d}_c{cam}_query.jpg"))
+        plan.jobs.append(PhotoJob((seed, code, 10, p.pid, QUERY_PHOTO), p, photo))
+        queries.append({"image": relative(photo), "person_id": p.pid, "camera": cam,
+                        "split": "query", "captions": captions(p, QUERY_PHOTO),
+                        "sketches": [relative(path) for path in sketches],
+                        "feedback": feedback})
+    # a train photo without sketches is a row without the field
+    plan.rows = [{key: value for key, value in row.items() if value != []}
+                 for row in train + queries + gallery]
+    plan.photos = sum(isinstance(job, PhotoJob) for job in plan.jobs)
+    plan.sketches = sum(isinstance(job, DrawnJob) for job in plan.jobs)
+    plan.texts["manifest.jsonl"] = "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                           for row in plan.rows)
+    plan.texts["manifest.csv"] = manifest_csv(plan.rows)
+    return plan
+
+
+def manifest_csv(rows: Sequence[dict]) -> str:
+    """Manifest rows as CSV text: a header, then a line per row, lists joined with ``|``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    for row in rows:
+        writer.writerow(["|".join(value) if isinstance(value, list) else
+                         "" if value is None else value
+                         for value in (row.get(column) for column in MANIFEST_COLUMNS)])
+    return out.getvalue()
+
+
+def plan_manifest(name: str, seed: int = 0, scale: float = 1.0, root: str = "") -> Plan:
+    """Dataset ``name``'s people in the manifest layout (nothing is written)."""
+    if name not in MANIFEST_FOLDERS:
+        raise ValueError(f"the manifest layout is written for {', '.join(MANIFEST_FOLDERS)}, "
+                         f"not {name!r}")
+    return _plan_manifest_market(seed, scale, root)
 
 
 def attribute_sentence(person: Person) -> str:

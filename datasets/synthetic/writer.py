@@ -18,7 +18,18 @@ from PIL import Image
 
 from .design import best_possible, design_counts, format_design
 from .drawing import TRACED, render_drawn_sketch, render_photo, sketch_from_labels
-from .layouts import FOLDERS, DrawnJob, Job, PhotoJob, Plan, TracedJob, plan_dataset
+from .layouts import (
+    FOLDERS,
+    MANIFEST_FILES,
+    MANIFEST_FOLDERS,
+    DrawnJob,
+    Job,
+    PhotoJob,
+    Plan,
+    TracedJob,
+    plan_dataset,
+    plan_manifest,
+)
 from .persons import DATASETS, _rng
 
 # the package's logger, so that messages are named as before the module became a package
@@ -27,6 +38,7 @@ log = logging.getLogger(__package__)
 JPEG_QUALITY = 92
 MARKER = ".synthetic.json"
 FORMAT_VERSION = 3               # of the files written; a folder in another format is rewritten
+LAYOUTS = ("default", "manifest")  # the real datasets' layouts | a manifest (datasets.manifest)
 
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
 
@@ -107,8 +119,12 @@ def _design(plan: Plan) -> dict:
     design = {"splits": design_counts(plan.people)}
     if plan.name == "mask1k":
         queries = [p for p in plan.people if p.split == "query"]
-        gallery = [job.person for job in plan.jobs
-                   if isinstance(job, PhotoJob) and job.person.split == "query"]
+        if plan.rows:  # the manifest layout: its gallery rows (its query rows' photos are not)
+            person = {p.pid: p for p in plan.people}
+            gallery = [person[row["person_id"]] for row in plan.rows if row["split"] == "gallery"]
+        else:
+            gallery = [job.person for job in plan.jobs
+                       if isinstance(job, PhotoJob) and job.person.split == "query"]
         design["best_possible"] = best_possible(queries, gallery)
     return design
 
@@ -126,8 +142,15 @@ def _folder_size(path: str) -> int:
 
 
 def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Sequence[str] | None = None,
-             overwrite: bool = False, workers: int | None = None) -> dict[str, dict]:
+             overwrite: bool = False, workers: int | None = None,
+             layout: str = "default") -> dict[str, dict]:
     """Write the synthetic datasets under ``out_dir``; return a summary per dataset.
+
+    ``layout``: ``default`` writes each dataset in its real layout (``FOLDERS``);
+    ``manifest`` writes the same people, photos and sketches with a manifest
+    (``datasets.manifest``) in ``MANIFEST_FOLDERS[name]`` (Market-Sketch-1K only, the
+    default there), whose summary also has ``manifest``: the paths of its ``.jsonl``
+    and ``.csv`` files.
 
     Each entry has ``status`` (``generated``, ``skipped`` when a finished folder
     was there already, ``foreign`` when a folder not written by this module was
@@ -141,10 +164,15 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Sequence[str]
     traced).  A finished folder written in another ``FORMAT_VERSION`` is
     regenerated even without ``overwrite``.
     """
-    names = list(DATASETS if datasets is None else datasets)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    manifest = layout == "manifest"
+    folders = MANIFEST_FOLDERS if manifest else FOLDERS
+    names = list((MANIFEST_FOLDERS if manifest else DATASETS) if datasets is None else datasets)
     for nm in names:
-        if nm not in DATASETS:
-            raise ValueError(f"unknown dataset {nm!r}; choose from {', '.join(DATASETS)}")
+        if nm not in folders:
+            what = "the manifest layout is written for" if manifest else "choose from"
+            raise ValueError(f"unknown dataset {nm!r}; {what} {', '.join(folders)}")
     if scale <= 0:
         raise ValueError("scale must be positive")
     out = Path(out_dir)
@@ -152,7 +180,7 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Sequence[str]
     summary: dict[str, dict] = {}
     todo: list[tuple[Plan, Path, Path]] = []
     for nm in names:
-        final = out / FOLDERS[nm]
+        final = out / folders[nm]
         marker = final / MARKER
         if final.exists():
             if not marker.is_file():
@@ -179,10 +207,10 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Sequence[str]
                 info.update(status="skipped", folder=str(final))
                 summary[nm] = info
                 continue
-        tmp = out / f".{FOLDERS[nm]}.partial"
+        tmp = out / f".{folders[nm]}.partial"
         if tmp.exists():
             shutil.rmtree(tmp)
-        plan = plan_dataset(nm, seed, scale, str(tmp))
+        plan = (plan_manifest if manifest else plan_dataset)(nm, seed, scale, str(tmp))
         for d in _dirs_of(plan):
             d.mkdir(parents=True, exist_ok=True)
         todo.append((plan, tmp, final))
@@ -214,6 +242,9 @@ def generate(out_dir, seed: int = 0, scale: float = 1.0, datasets: Sequence[str]
         log.info("%s: %d people, %d photos, %d sketches", final, len(plan.people),
                  plan.photos, plan.sketches)
         summary[plan.name] = info
+    for nm in names if manifest else ():
+        if summary[nm]["status"] != "foreign":
+            summary[nm]["manifest"] = [str(out / folders[nm] / file) for file in MANIFEST_FILES]
     return {nm: summary[nm] for nm in names}
 
 
@@ -228,7 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiplies the number of people (default: %(default)s)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
-                        help="only these datasets (default: all)")
+                        help="only these datasets (default: all; with --layout manifest: "
+                             f"{', '.join(MANIFEST_FOLDERS)})")
+    parser.add_argument("--layout", choices=LAYOUTS, default="default",
+                        help="default: each dataset in its real layout; manifest: a row per "
+                             "photo in manifest.jsonl and manifest.csv, for data.dataset="
+                             "manifest (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="regenerate folders this generator wrote before")
     parser.add_argument("--workers", type=int, default=None,
@@ -238,10 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
-    summary = generate(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets,
-                       overwrite=args.overwrite, workers=args.workers)
-    parts = [f"{FOLDERS[nm]} {s['status']} ({s['people']} people, {s['photos']} photos, "
-             f"{s['sketches']} sketches)" for nm, s in summary.items()]
+    try:
+        summary = generate(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets,
+                           overwrite=args.overwrite, workers=args.workers, layout=args.layout)
+    except ValueError as error:  # a dataset the layout is not written for
+        parser.error(str(error))
+    parts = [f"{Path(s['folder']).name} {s['status']} ({s['people']} people, {s['photos']} "
+             f"photos, {s['sketches']} sketches)" for s in summary.values()]
+    parts += [f"manifest {s['manifest'][0]}" for s in summary.values() if "manifest" in s]
     size = sum(_folder_size(s["folder"]) for s in summary.values() if s["status"] != "foreign")
     print(f"{args.out}: " + "; ".join(parts)
           + f"; {size / 2 ** 20:.1f} MiB in {time.perf_counter() - start:.1f} s")
