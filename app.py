@@ -4,6 +4,8 @@ both.
     python app.py --checkpoint outputs/Market_finetune/checkpoint_best.pth --gallery photos/
     python app.py --checkpoint checkpoint/ViT-B-16.pt --gallery photos/   # zero-shot CLIP
     python app.py --checkpoint open_clip.bin --gallery photos/ model.quick_gelu=false
+    python app.py --checkpoint CKPT --gallery photos/ --ann ivf    # a big gallery (faiss-cpu)
+    python app.py --checkpoint CKPT --gallery photos/ --rerank     # k-reciprocal re-ranking
     # then open http://127.0.0.1:8000/ in a browser
 
 The page (web/) lets a witness draw or upload a sketch, add feedback sentences one round at
@@ -51,7 +53,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
-from engine.gallery import SearchEngine, add_engine_arguments
+from engine.gallery import add_engine_arguments, check_engine_arguments, engine_from_args
 from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logging
 
@@ -551,14 +553,14 @@ def main(argv=None) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="log every request (default: only refused or failed ones)")
     args = parser.parse_args(argv)
+    check_engine_arguments(parser, args)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
     setup_logging(None)
     logging.getLogger().setLevel(logging.WARNING)
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
-    engine = SearchEngine(args.checkpoint, args.gallery, args.index, args.device,
-                          overrides=args.overrides)
+    engine = engine_from_args(args)
     try:
         server = make_server(engine, args.host, args.port, args.verbose)
     except OSError as error:

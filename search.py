@@ -6,14 +6,25 @@
     python search.py --checkpoint CKPT --gallery photos/ --sketch witness.png --interactive
     python search.py --checkpoint CKPT --gallery photos/ --text "a man in a red coat"
     python search.py --checkpoint checkpoint/ViT-B-16.pt --gallery photos/ --sketch witness.png
+    python search.py --checkpoint CKPT --gallery photos/ --text "a red coat" --ann ivf
+    python search.py --checkpoint CKPT --gallery photos/ --sketch witness.png --rerank
+    torchrun --nproc_per_node=4 search.py --checkpoint CKPT --gallery photos/ --index-only
 
 A stage-2 checkpoint composes the sketch with the text; a stage-1 checkpoint or plain CLIP
 weights search by the sketch alone or by the text alone (any checkpoint searches by text
 alone).
 
-The gallery is embedded once into an index file (default: beside the checkpoint, in
-gallery_index/; or --index FILE) and reused while the checkpoint and the photos are
-unchanged; added, removed or changed photos are re-embedded alone. Each --text is one round
+The gallery is embedded once into an index folder (default: beside the checkpoint, in
+gallery_index/; or --index DIR) and reused while the checkpoint and the photos are
+unchanged; added, removed or changed photos are re-embedded alone. A big gallery can be
+indexed first with --index-only, under torchrun by several processes (GPUs) at once, each
+embedding its share; a killed run resumes where it stopped (the embedded part is saved
+every --save-every photos). Search is exact by default (the features are read memory-mapped
+in chunks); --ann ivf|hnsw searches a FAISS index instead (pip install faiss-cpu), built
+beside the features once and refreshed when the photos change. --rerank orders the whole
+gallery by k-reciprocal re-ranking (exact search only), with the gallery's neighbour lists
+computed once and stored in the index, so that a query costs only its own neighbours
+(galleries of up to about 100k photos). Each --text is one round
 of feedback; the rounds are joined into "a photo of * , and <round 1>, <round 2>, ...".
 With --interactive, after the first ranking each line read from standard input adds a
 round and re-ranks, until an empty line or the end of input.
@@ -23,11 +34,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from datasets.base import read_image
-from engine.gallery import SearchEngine, add_engine_arguments
+from engine.gallery import (
+    SAVE_EVERY,
+    SearchEngine,
+    add_engine_arguments,
+    check_engine_arguments,
+    engine_from_args,
+)
 from engine.visualize import rank_sheet
+from utils.distributed import cleanup, init_distributed, is_main
 from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logging
 
@@ -58,6 +77,28 @@ def save_sheet(engine: SearchEngine, sketch_path: Path | None, ranking: list, fe
     print(f"contact sheet written to {out}")
 
 
+def build_only(args) -> SearchEngine:
+    """--index-only: embed the gallery (under torchrun, each process a share; data loading
+    with ``data.num_workers`` processes each), merge and commit on the main process."""
+    if args.sketch or args.text or args.interactive or args.out:
+        raise UserError("--index-only builds the index and searches nothing; leave out "
+                        "--sketch, --text, --interactive and --out")
+    device = init_distributed(args.device)
+    main_process = is_main()  # asked now: after cleanup() every process reads as rank 0
+    setup_logging(None, main_process=main_process)
+    started = time.perf_counter()
+    ok = False
+    try:
+        engine = engine_from_args(args, device, num_workers=None, save_every=args.save_every)
+        ok = True
+    finally:
+        cleanup(wait=ok)
+    if main_process:
+        print(f"index: {engine.index_path} ({len(engine.paths)} photos, "
+              f"{time.perf_counter() - started:.1f} s)", flush=True)
+    return engine
+
+
 @exit_on_user_error
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -70,9 +111,20 @@ def main(argv=None) -> list:
     parser.add_argument("--out", help="write a contact sheet PNG of the ranking here")
     parser.add_argument("--interactive", action="store_true",
                         help="read more feedback rounds from standard input, one per line")
+    parser.add_argument("--index-only", action="store_true",
+                        help="build or update the gallery index (and the --ann index), then "
+                        "stop; under torchrun every process embeds a share")
+    parser.add_argument("--save-every", type=int, default=SAVE_EVERY, metavar="N",
+                        help="while embedding, save the embedded part every N photos (per "
+                        f"process), so that a killed run resumes there (default {SAVE_EVERY})")
     args = parser.parse_args(argv)
+    check_engine_arguments(parser, args)
     if args.topk < 1:
         parser.error("--topk must be at least 1")
+    if args.save_every < 1:
+        parser.error("--save-every must be at least 1")
+    if args.index_only:
+        return build_only(args)
     if args.sketch is None and not args.text:
         raise UserError("give --sketch, --text, or both")
     setup_logging(None)
@@ -80,8 +132,7 @@ def main(argv=None) -> list:
     sketch_path = Path(args.sketch) if args.sketch else None
     # An unreadable sketch fails before any embedding.
     sketch = read_image(sketch_path) if sketch_path is not None else None
-    engine = SearchEngine(args.checkpoint, args.gallery, args.index, args.device,
-                          overrides=args.overrides)
+    engine = engine_from_args(args, save_every=args.save_every)
     if sketch is not None and not engine.cfg.data.load_truncated_images:
         # Read above with the default (truncated files load), before the config was known.
         sketch = read_image(sketch_path, load_truncated_images=False)

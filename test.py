@@ -10,10 +10,22 @@ The model is rebuilt from the config stored in the checkpoint; KEY=VALUE overrid
 ``data.root``, ``device``, ``test.batch_size``). Results go to ``results.json`` beside the
 checkpoint, or into ``output_dir=<folder>`` when given, with ``queries.json``: every query's
 image, person id and the exact text of each text-bearing task. Checkpoints written by the
-paper's own code (InteractReID) and exported weights (``python -m utils.export``) are read
+paper's own code (InteractReID) and exported weights (``python -m engine.export``) are read
 too. A file of CLIP weights (OpenAI's, a state dict, open_clip's) is evaluated zero-shot on
 the stage-1 tasks (text->image, sketch->image), the first row of a results table; its
 results go to ``outputs/zero_shot_<file name>/`` unless ``output_dir`` is given.
+
+    python test.py --checkpoint outputs/Market_finetune test.rerank=true   # k-reciprocal re-ranking
+    python test.py --checkpoint outputs/Market_finetune test.rerank=true test.rerank_k1=30
+
+``test.rerank=true`` re-ranks every task (both stages' tasks, the ``*_mq`` ones, every
+feedback round, and the order of the rank pictures) with k-reciprocal re-ranking (Zhong et
+al., CVPR 2017; ``utils.rerank``), parameters ``test.rerank_k1``, ``test.rerank_k2`` and
+``test.rerank_lambda``; each task's queries and photos form one neighbour graph, and a
+photo of the query's person and camera is left out after re-ranking. It changes only this
+evaluation: the evaluations during training, which pick ``checkpoint_best.pth``, never
+re-rank. ``results.json`` records it as ``"rerank": {"k1": 20, "k2": 6, "lambda": 0.3}``,
+or ``"rerank": false``.
 """
 from __future__ import annotations
 
@@ -22,9 +34,9 @@ import json
 import logging
 from pathlib import Path
 
-from engine.evaluation import format_table, results_rows
+from engine.evaluation import format_table, rerank_setting, results_rows
 from engine.models import load_for_inference
-from engine.results import combine, table_title
+from engine.results import combine, describe_rerank, table_title
 from engine.visualize import line_plot, rank_sheet
 from utils.config import to_plain
 from utils.distributed import resolve_device
@@ -73,6 +85,7 @@ def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool 
         raise UserError(f"{path} holds CLIP weights, which are tested zero-shot on the stage-1 "
                         f"tasks only (data.dataset={'|'.join(stage.datasets)}); "
                         f"{cfg.data.dataset} needs a stage-2 checkpoint (train_token.py)")
+    rerank = rerank_setting(cfg)  # checked before any encoding
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     if loaded.zero_shot:
@@ -83,8 +96,13 @@ def evaluate_checkpoint(path: Path, overrides: list, trial=None, examples: bool 
         log.info("evaluating %s (%s, epoch %s) on %s", path, stage.title,
                  loaded.checkpoint.get("epoch"),
                  cfg.data.dataset + (f" trial {trial}" if trial is not None else ""))
+    if rerank is not None:
+        log.info("k-reciprocal re-ranking of every task: k1=%d, k2=%d, lambda=%g",
+                 rerank["k1"], rerank["k2"], rerank["lambda"])
     count = cfg.test.visualize if examples else 0
-    results = stage.evaluate(model, cfg, "test", device, trial, examples=count, queries=True)
+    results = stage.evaluate(model, cfg, "test", device, trial, examples=count, queries=True,
+                             rerank=rerank)
+    results["rerank"] = rerank or False
     return ({**results, "zero_shot": True} if loaded.zero_shot else results), cfg
 
 
@@ -106,7 +124,11 @@ def main(argv=None) -> dict:
     examples = runs[0][2].pop("examples", [])
     asked = [(seed, trial, result.pop("queries")) for seed, trial, result, _ in runs]
     cfg = runs[0][3]
-    results = {"dataset": cfg.data.dataset,
+    rerank = runs[0][2]["rerank"]
+    if any(result["rerank"] != rerank for _, _, result, _ in runs):
+        raise UserError(f"the checkpoints under {path} store different test.rerank settings; "
+                        "give test.rerank (and test.rerank_k1, _k2, _lambda) on the command line")
+    results = {"dataset": cfg.data.dataset, "rerank": rerank,
                **combine([(seed, trial, result) for seed, trial, result, _ in runs]),
                **({"zero_shot": True} if runs[0][2].get("zero_shot") else {})}
     queries = {"dataset": results["dataset"], **nest_queries(asked)}
@@ -120,6 +142,8 @@ def main(argv=None) -> dict:
     else:
         output_dir = path if path.is_dir() else path.parent
     output_dir.mkdir(parents=True, exist_ok=True)
+    if rerank:
+        print(f"every task {describe_rerank(results)}")
     print(format_table(results_rows(results), table_title(results, f"{results['dataset']} test")))
     with (output_dir / "results.json").open("w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)

@@ -154,6 +154,40 @@ def train_step_flops(stage: str, cfg, arch, batch_size: int,
             + 2 * text_tower_flops(arch, length, batch_size))
 
 
+def forward_pass_flops(stage: str, cfg, arch, batch_size: int,
+                       text_length: int | None = None) -> float:
+    """FLOPs of one gradient-free forward pass of a step's model over ``batch_size``
+    samples: the extra work a step executes beyond ``train_step_flops`` when it caches
+    features for accumulation (its first pass) or computes soft targets in a pass of their
+    own (stage 1)."""
+    image_size = cfg.model.image_size
+    length = text_length or cfg.model.context_length
+    if stage == "adapt":
+        images = 2 * batch_size + (batch_size if cfg.loss.ss > 0 else 0)
+        return image_tower_flops(arch, image_size, images) + text_tower_flops(arch, length,
+                                                                              batch_size)
+    widths = ([arch.embed_dim] + [cfg.model.middle_dim] * cfg.model.n_layer
+              if cfg.model.mapping_type == "MLP" else [arch.embed_dim])
+    widths.append(arch.text_width)
+    mapping = sum(2 * a * b for a, b in zip(widths, widths[1:])) * batch_size
+    return (image_tower_flops(arch, image_size, 2 * batch_size) + mapping
+            + text_tower_flops(arch, length, batch_size))
+
+
+def executed_step_flops(stage: str, cfg, arch, batch_size: int, accum_steps: int,
+                        text_length: int | None = None) -> float:
+    """All the FLOPs a training step runs: the useful ones (``train_step_flops``), plus
+    the first, gradient-free pass of feature-caching accumulation (``accum_steps`` > 1)
+    and stage 1's separate soft-target pass (``loss.separate_soft_target_pass``)."""
+    extra = 0
+    if accum_steps > 1:
+        extra += 1
+    if stage == "adapt" and cfg.loss.separate_soft_target_pass:
+        extra += 1
+    return (train_step_flops(stage, cfg, arch, batch_size, text_length)
+            + extra * forward_pass_flops(stage, cfg, arch, batch_size, text_length))
+
+
 # ------------------------------------------------------------- reference-style attention
 class ExplicitAttention(SelfAttention):
     """``SelfAttention`` computed the way ``nn.MultiheadAttention(need_weights=True)`` does

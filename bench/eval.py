@@ -38,6 +38,27 @@ CPU).  The CLIP is ``--clip FILE`` (e.g. one made by ``python -m model.random_cl
     python -m bench.eval --queries 2000 --gallery 10000 --encoders
     python -m bench.eval --queries 2000 --gallery 10000 --encoders \
         --clip /tmp/vitb16-random.pt --image-size 384 128
+
+With ``--rerank`` the line also holds k-reciprocal re-ranking (``utils.rerank``, test.py's
+``test.rerank=true``) of the whole problem at ``--rerank-k1/--rerank-k2/--rerank-lambda``
+(20, 6, 0.3), timed once after a small warm-up: ``rerank_s``, ``rerank_peak_mb`` (how far
+the peak memory rose during the call, the [Q, G] float32 result, ``rerank_output_mb``,
+included: the process's resident memory on the CPU, torch's allocations on CUDA),
+``dense_mb`` (what the dense algorithm's (Q+G)^2 arrays need, ``utils.rerank.dense_bytes``)
+and the metrics of the re-ranked distances (``rerank_R1``...). The features are then drawn
+around one centre per identity (``--spread``: the noise's length against the centre's), so
+that there are neighbourhoods to find; the plain metrics are those of the same features.
+Beside it, where ``dense_mb`` is below ``--dense-limit-gb`` (4; 0 leaves it out), fast-reid's
+dense ``re_ranking`` on the CPU, given the Euclidean distances in float64 as its inputs
+(``reference_rerank_s``, ``reference_rerank_peak_mb``, its inputs included, the largest
+difference of the distances, ``reference_rerank_max_abs_diff``, and whether its metrics are
+the same, ``reference_rerank_same_metrics``); otherwise ``reference_rerank_skipped`` says
+why. From a few thousand items on they can differ where fast-reid's float32 distances tie
+at the end of a neighbour list: its argsort orders such ties arbitrarily, ours by number
+(``utils.rerank``). A table of the two comes before the JSON line::
+
+    python -m bench.eval --queries 3368 --gallery 15913 --rerank --dense-limit-gb 16
+    python -m bench.eval --queries 20000 --gallery 100000 --rerank --repeats 1
 """
 
 from __future__ import annotations
@@ -45,6 +66,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import resource
 import statistics
 import sys
@@ -57,6 +79,7 @@ import torch
 
 from bench import fastreid_cython
 from utils.metrics import rank_metrics
+from utils.rerank import check_parameters, dense_bytes, k_reciprocal_rerank
 
 KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 CYTHON = "fast-reid cython (compiled here)"
@@ -125,6 +148,141 @@ def _reference_metrics(eval_fn, dist, q_ids, g_ids, q_cams, g_cams):
     out["mAP"] = 100.0 * float(np.mean(all_ap))
     out["mINP"] = 100.0 * float(np.mean(all_inp))
     return out
+
+
+class _PeakMemory:
+    """How far peak memory rises inside a ``with`` block, in MB (``.mb``): torch's
+    allocations on CUDA; on the CPU the process's resident memory (Linux: the peak is
+    reset through ``/proc/self/clear_refs`` on entry). None where it cannot be reset."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, None
+
+    @staticmethod
+    def _status_mb(field: str) -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # peak := current
+            self.start = self._status_mb("VmRSS")
+        except (OSError, AttributeError):
+            self.start = None
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start
+        elif self.start is not None:
+            self.mb = self._status_mb("VmHWM") - self.start
+        return False
+
+
+def _clustered_features(ids: torch.Tensor, centres: torch.Tensor, spread: float,
+                        gen: torch.Generator) -> torch.Tensor:
+    """Unit vectors [N, D] around the centre [D] of each one's identity."""
+    noise = torch.randn(ids.shape[0], centres.shape[1], generator=gen)
+    return torch.nn.functional.normalize(centres[ids] + spread * noise / centres.shape[1] ** 0.5,
+                                         dim=1)
+
+
+def _load_fastreid_re_ranking():
+    """fast-reid's dense ``re_ranking`` (its ``evaluation/rerank.py``, loaded on its own),
+    or None when fastreid is not installed."""
+    spec = importlib.util.find_spec("fastreid")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0], "evaluation", "rerank.py")
+    rerank_spec = importlib.util.spec_from_file_location("_fastreid_rerank", path)
+    module = importlib.util.module_from_spec(rerank_spec)
+    rerank_spec.loader.exec_module(module)
+    return module.re_ranking
+
+
+def _rerank(args, device: torch.device, q_feat, g_feat, labels) -> dict:
+    """``--rerank``: ours, and fast-reid's dense one where it fits (module docstring)."""
+    k1, k2, lambda_value = args.rerank_k1, args.rerank_k2, args.rerank_lambda
+    n_query, n_gallery = q_feat.shape[0], g_feat.shape[0]
+    # Warm-up: kernels, thread pools and the allocator, on a slice.
+    k_reciprocal_rerank(q_feat[:50], g_feat[:500], min(k1, 5), min(k2, 5), lambda_value)
+    with _PeakMemory(device) as peak:
+        start = time.perf_counter()
+        distances = k_reciprocal_rerank(q_feat, g_feat, k1, k2, lambda_value)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    need = dense_bytes(n_query, n_gallery)
+    out = {"rerank_k1": k1, "rerank_k2": k2, "rerank_lambda": lambda_value,
+           "rerank_s": round(seconds, 3),
+           "rerank_peak_mb": None if peak.mb is None else round(peak.mb, 1),
+           "rerank_output_mb": round(distances.numel() * 4 / 2**20, 1),
+           "dense_mb": round(need / 2**20, 1),
+           "reference_rerank_s": None, "reference_rerank_peak_mb": None}
+    reference = None
+    re_ranking = _load_fastreid_re_ranking()
+    if re_ranking is None:
+        out["reference_rerank_skipped"] = ("fastreid is not installed (pip install --no-deps "
+                                           "fastreid==1.4.0)")
+    elif need > args.dense_limit_gb * 2**30:
+        out["reference_rerank_skipped"] = (f"its dense arrays need {need / 2**30:.1f} GB, "
+                                           f"over --dense-limit-gb {args.dense_limit_gb:g}")
+    else:
+        with _PeakMemory(torch.device("cpu")) as reference_peak:
+            start = time.perf_counter()
+            q64, g64 = q_feat.cpu().double(), g_feat.cpu().double()
+            euclidean = [torch.sqrt(torch.clamp(2.0 - 2.0 * a @ b.T, min=0.0)).numpy()
+                         for a, b in ((q64, g64), (q64, q64), (g64, g64))]
+            reference = torch.from_numpy(re_ranking(*euclidean, k1, k2, lambda_value))
+            reference_s = time.perf_counter() - start
+            del euclidean, q64, g64
+        out["reference_rerank"] = "fast-reid re_ranking (dense, numpy)"
+        out["reference_rerank_s"] = round(reference_s, 3)
+        out["reference_rerank_peak_mb"] = (None if reference_peak.mb is None
+                                           else round(reference_peak.mb, 1))
+        out["reference_rerank_max_abs_diff"] = float((distances.cpu() - reference).abs().max())
+    metrics = rank_metrics(distances.neg_(), *labels)  # in place: no second [Q, G]
+    out.update({f"rerank_{k}": metrics[k] for k in KEYS})
+    if reference is not None:
+        cpu_labels = [t.cpu() for t in labels]
+        reference_metrics = rank_metrics(reference.neg_(), *cpu_labels)
+        out["reference_rerank_same_metrics"] = all(reference_metrics[k] == metrics[k]
+                                                   for k in KEYS)
+    return out
+
+
+def _rerank_table(out: dict) -> str:
+    """Ours and fast-reid's re-ranking side by side."""
+    def mb(value):
+        return "-" if value is None else f"{value:,.0f} MB"
+
+    title = (f"k-reciprocal re-ranking, {out['queries']:,} queries x {out['gallery']:,} "
+             f"gallery, dim {out['dim']}, k1={out['rerank_k1']} k2={out['rerank_k2']} "
+             f"lambda={out['rerank_lambda']:g}, on {out['device']}")
+    rows = [("", "time", "peak memory", "R1", "mAP"),
+            ("cosine, no re-ranking", "", "", f"{out['R1']:.2f}", f"{out['mAP']:.2f}"),
+            ("ours (sparse)", f"{out['rerank_s']:.2f} s",
+             f"{mb(out['rerank_peak_mb'])} (result {mb(out['rerank_output_mb'])})",
+             f"{out['rerank_R1']:.2f}", f"{out['rerank_mAP']:.2f}")]
+    if out["reference_rerank_s"] is not None:
+        same = "same metrics" if out["reference_rerank_same_metrics"] else "other metrics"
+        rows.append(("fast-reid re_ranking (dense)", f"{out['reference_rerank_s']:.2f} s",
+                     f"{mb(out['reference_rerank_peak_mb'])} (inputs included)", same,
+                     f"max diff {out['reference_rerank_max_abs_diff']:.1e}"))
+    else:
+        rows.append(("fast-reid re_ranking (dense)", "not run", out["reference_rerank_skipped"],
+                     "", ""))
+    rows.append(("dense arrays would need", "", mb(out["dense_mb"]), "", ""))
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    lines = ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                       for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
+             for row in rows]
+    return "\n".join([title, lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def _max_diff(a, b) -> float:
@@ -198,10 +356,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--encoder-repeats", type=int, default=3)
     parser.add_argument("--encoder-precision", choices=("float32", "float16", "bfloat16"),
                         default="bfloat16", help="autocast of --encoders on CUDA")
+    parser.add_argument("--rerank", action="store_true",
+                        help="also time k-reciprocal re-ranking, and fast-reid's where it fits")
+    parser.add_argument("--rerank-k1", type=int, default=20)
+    parser.add_argument("--rerank-k2", type=int, default=6)
+    parser.add_argument("--rerank-lambda", type=float, default=0.3)
+    parser.add_argument("--spread", type=float, default=3.0,
+                        help="--rerank: noise around each identity's centre (default 3)")
+    parser.add_argument("--dense-limit-gb", type=float, default=4.0,
+                        help="--rerank: run fast-reid's dense re_ranking only where its "
+                        "arrays need less (default 4; 0: never)")
     parser.add_argument("--jsonl", help="also append the JSON line to this file")
     args = parser.parse_args(argv)
     if args.reference_impl and not args.reference:
         parser.error("--reference-impl needs --reference")
+    if args.rerank:
+        try:
+            check_parameters(args.rerank_k1, args.rerank_k2, args.rerank_lambda)
+        except ValueError as error:
+            parser.error(f"--rerank: {error}")
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda requested but CUDA is not available")
@@ -216,6 +389,11 @@ def main(argv=None) -> dict:
     g_ids = torch.randint(0, args.ids, (args.gallery,), generator=gen)
     q_cams = torch.randint(0, args.cams, (args.queries,), generator=gen)
     g_cams = torch.randint(0, args.cams, (args.gallery,), generator=gen)
+    if args.rerank:  # neighbourhoods for re-ranking to find
+        centres = torch.nn.functional.normalize(torch.randn(args.ids, args.dim, generator=gen),
+                                                dim=1)
+        q_feat = _clustered_features(q_ids, centres, args.spread, gen).to(device)
+        g_feat = _clustered_features(g_ids, centres, args.spread, gen).to(device)
     labels = [t.to(device) for t in (q_ids, g_ids, q_cams, g_cams)]
 
     if device.type == "cuda":
@@ -269,6 +447,11 @@ def main(argv=None) -> dict:
 
     if args.encoders:
         out.update(_encoder_throughput(args, device))
+
+    if args.rerank:
+        del sim  # the [Q, G] scores: room for the re-ranked ones
+        out.update(_rerank(args, device, q_feat, g_feat, labels))
+        print(_rerank_table(out))
 
     print(json.dumps(out))
     if args.jsonl:

@@ -10,7 +10,9 @@
 #    224x224, batch 60, fp16 autocast (the recipe's); stage 1 also the reference
 #    implementation's way (extra soft-target pass + attention with materialised weights),
 #    and the paper's contrastive batch of 240 on this one GPU: 4 accumulated micro-batches
-#    of 60 (peak memory against the plain batch of 60);
+#    of 60 (peak memory against the plain batch of 60); compiled (the default on CUDA),
+#    eager (train.compile=false) and with CUDA graphs (train.compile_mode=reduce-overhead);
+#    mfu counts the useful FLOPs, mfu_executed also accumulation's gradient-free pass;
 # 3. the stage-1 step profiled (--profile): time by category and the achieved TFLOP/s
 #    against a bf16 matmul peak measured on this GPU, in bf16 at batch 60;
 # 4. retrieval evaluation at 2,000 x 10,000 with encoder throughput, on CUDA.
@@ -54,15 +56,22 @@ python -m model.random_clip --out "$CLIP" --preset vit-b-16
 COMMON=(--steps "$STEPS" --warmup 3 --batch-size "$BATCH" --jsonl "$JSONL"
         device=cuda "model.pretrained=$CLIP" "model.image_size=[224,224]")
 
-section "train step: stage 1 (adapt), ours"
-timeout 180 python -m bench.train_step --stage adapt "${COMMON[@]}"
+section "train step: stage 1 (adapt), ours: compiled (the default on CUDA)"
+timeout 300 python -m bench.train_step --stage adapt "${COMMON[@]}"
+
+section "train step: stage 1, eager (train.compile=false; the default before)"
+timeout 180 python -m bench.train_step --stage adapt "${COMMON[@]}" train.compile=false
+
+section "train step: stage 1, compiled with CUDA graphs (train.compile_mode=reduce-overhead)"
+timeout 300 python -m bench.train_step --stage adapt "${COMMON[@]}" \
+    train.compile_mode=reduce-overhead
 
 section "train step: stage 1 (adapt), reference way"
 timeout 180 python -m bench.train_step --stage adapt "${COMMON[@]}" \
     loss.separate_soft_target_pass=true --reference-attention
 
 section "train step: stage 1, the paper's batch: 4 x 60 accumulated"
-timeout 240 python -m bench.train_step --stage adapt "${COMMON[@]}" --steps 5 --accum-steps 4
+timeout 300 python -m bench.train_step --stage adapt "${COMMON[@]}" --steps 5 --accum-steps 4
 
 section "train step: stage 1 profiled, bf16"
 timeout 180 python -m bench.train_step --stage adapt "${COMMON[@]}" --steps 5 --profile \

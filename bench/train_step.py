@@ -17,9 +17,11 @@ synchronised around each) and the median and minimum are reported. One JSON line
 step_ms, step_ms_min, samples_per_s, peak_mem_mb (peak RSS of the process on the CPU,
 peak allocated GPU memory on CUDA), params_trainable, tflop_per_step (the analytic
 count of ``bench.common``: about 3x the forward matmul FLOPs of both towers),
-achieved_tflops (that count over the median step time; with ``--accum-steps`` the
-gradient-free first pass is not counted) and, on CUDA, mfu (achieved over
-the dense bf16 peak of H100 SXM / H200 / A100; null on the CPU and for other GPUs).
+achieved_tflops (that count over the median step time: the useful work, without the
+gradient-free first pass of ``--accum-steps`` or a separate soft-target pass) and, on
+CUDA, mfu (achieved over the dense bf16 peak of H100 SXM / H200 / A100; null on the CPU
+and for other GPUs); executed_tflop_per_step, executed_tflops and mfu_executed count those
+extra passes too (``bench.common.executed_step_flops``), so both readings are there.
 
 ``--profile`` then runs one more step (after a warm-up) under ``torch.profiler``, the batch
 first copied from the host, and prints its time by category (``bench.profile``: matrix
@@ -80,6 +82,7 @@ import torch
 from bench.common import (
     CAPTIONS,
     emit,
+    executed_step_flops,
     finite_round,
     peak_flops,
     peak_memory_mb,
@@ -90,7 +93,15 @@ from bench.common import (
 )
 from bench.profile import DATA_REGION, format_profile, matmul_peak_flops, profile_step
 from engine.stages import STAGES
-from engine.trainer import accumulated_step, build_optimizer, seed_everything, train_step
+from engine.trainer import (
+    accumulated_step,
+    build_optimizer,
+    compile_choice,
+    seed_everything,
+    text_buckets,
+    train_step,
+)
+from model.clip import trim_to_bucket
 from model.tokenizer import tokenize
 from utils.config import flatten, load_config, parse_overrides
 from utils.distributed import resolve_device
@@ -110,8 +121,9 @@ class StandInDataset:
 
 
 def make_batch(stage: str, cfg, batch_size: int, num_classes: int,
-               device: torch.device) -> dict:
-    """A fixed in-memory batch with the keys the stage's dataset yields."""
+               device: torch.device, buckets: tuple = ()) -> dict:
+    """A fixed in-memory batch with the keys the stage's dataset yields, its tokens cut
+    on the host to ``buckets`` as the trainer cuts them."""
     generator = torch.Generator().manual_seed(cfg.seed)
     height, width = cfg.model.image_size
 
@@ -122,7 +134,7 @@ def make_batch(stage: str, cfg, batch_size: int, num_classes: int,
              "label": torch.randint(0, num_classes, (batch_size,), generator=generator)}
     if stage == "adapt":
         captions = [CAPTIONS[index % len(CAPTIONS)] for index in range(batch_size)]
-        batch["tokens"] = tokenize(captions, cfg.model.context_length)
+        batch["tokens"] = trim_to_bucket(tokenize(captions, cfg.model.context_length), buckets)
         if cfg.loss.ss > 0:
             batch["photo_view"] = images()
     return {key: value.to(device) for key, value in batch.items()}
@@ -186,9 +198,14 @@ def main(argv=None) -> dict:
         group["lr"] = cfg.train.lr * group["lr_scale"]
     dtype = training_dtype(device, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    train_model = torch.compile(model) if cfg.train.compile else model
+    # Compiled as the trainer compiles (train.compile, train.compile_mode), the tokens cut
+    # on the host as it cuts them (train.text_buckets).
+    mode = compile_choice(cfg, device)
+    train_model = torch.compile(model, mode=mode) if mode else model
+    features = torch.compile(model.features, mode=mode) if mode else model.features
     accum = args.accum_steps
-    batch = make_batch(args.stage, cfg, batch_size * accum, args.num_classes, device)
+    batch = make_batch(args.stage, cfg, batch_size * accum, args.num_classes, device,
+                       text_buckets(cfg, mode is not None))
     micro_batches = [{key: value[i * batch_size:(i + 1) * batch_size]
                       for key, value in batch.items()} for i in range(accum)]
     loss_inputs = stage.loss_inputs(cfg, 1, 0, 1)
@@ -200,7 +217,7 @@ def main(argv=None) -> dict:
                                  dtype, cfg.train.grad_clip)
         else:
             loss, _ = accumulated_step(model, optimizer, scaler, micro_batches, loss_inputs,
-                                       device, dtype, cfg.train.grad_clip)
+                                       device, dtype, cfg.train.grad_clip, features=features)
         last_loss[:] = [loss]
 
     for _ in range(args.warmup):
@@ -216,6 +233,9 @@ def main(argv=None) -> dict:
     text_length = model.clip.trim_padding(text_tokens).shape[1]
     flops = train_step_flops(args.stage, cfg, model.clip.arch, contrastive_batch, text_length)
     achieved = flops / (timing["median"] / 1000.0)
+    executed = executed_step_flops(args.stage, cfg, model.clip.arch, contrastive_batch, accum,
+                                   text_length)
+    executed_rate = executed / (timing["median"] / 1000.0)
     peak = peak_flops(device)
     record = {
         "bench": "train_step", "stage": args.stage, "device": str(device),
@@ -233,6 +253,9 @@ def main(argv=None) -> dict:
         "tflop_per_step": float(f"{flops / 1e12:.4g}"),
         "achieved_tflops": finite_round(achieved / 1e12, 4),
         "mfu": float(f"{achieved / peak:.4g}") if peak else None,
+        "executed_tflop_per_step": float(f"{executed / 1e12:.4g}"),
+        "executed_tflops": finite_round(executed_rate / 1e12, 4),
+        "mfu_executed": float(f"{executed_rate / peak:.4g}") if peak else None,
         "loss": round(loss, 4),
         "text_length": text_length,
         "config": {"config": config, **flatten(parse_overrides(args.overrides))},

@@ -145,7 +145,7 @@ def manifest_path(cfg) -> Path:
     value = cfg.data.get("manifest")
     if not value:
         raise ConfigError("data.dataset=manifest needs data.manifest=FILE: a .jsonl or .csv "
-                          "file with a row per photo (see README, 'Bring your own data')")
+                          "file with a row per photo (see docs/datasets.md, 'Bring your own data')")
     path = Path(value)
     if path.suffix.lower() not in SUFFIXES:
         raise ConfigError(f"data.manifest={value}: expected a {' or '.join(SUFFIXES)} file")

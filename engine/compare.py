@@ -7,15 +7,18 @@ are means over several seeds or trials, whether the difference exceeds their spr
 Each of A and B is a folder holding test.py's ``results.json``, or that file. A difference
 counts as beyond the spread when |B - A| > factor x the larger of the two standard deviations
 (factor 2 by default); with a single run on either side there is no spread to judge by, and
-the column says so.
+the column says so. Where one of the two was k-reciprocal re-ranked (test.py's
+``test.rerank=true``) and the other not, or with other parameters, a warning line says so
+(on the screen and in ``--out``): their difference includes the re-ranking's.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from engine.evaluation import METRICS, results_rows
-from engine.results import describe_runs, read_results, spread_rows
+from engine.results import describe_rerank, describe_runs, read_results, rerank_of, spread_rows
 from utils.errors import UserError, exit_on_user_error
 
 BEYOND, WITHIN, NO_SPREAD = "beyond spread", "within spread", "one run"
@@ -50,10 +53,20 @@ def _value(mean: float, std: float | None) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def markdown(rows: list, label_a: str, label_b: str, factor: float) -> str:
-    """The comparison as a Markdown table."""
+def rerank_warning(first: dict, second: dict) -> str:
+    """A warning line where A and B were not ranked the same way (re-ranked or not, or
+    re-ranked with other parameters); '' where they were."""
+    if rerank_of(first) == rerank_of(second):
+        return ""
+    return (f"warning: A is {describe_rerank(first)} and B {describe_rerank(second)}: "
+            "the differences include the re-ranking's")
+
+
+def markdown(rows: list, label_a: str, label_b: str, factor: float, warning: str = "") -> str:
+    """The comparison as a Markdown table (``warning``: a line above it)."""
     lines = [f"A: {label_a}  ", f"B: {label_b}  ",
              f"beyond spread: |B - A| > {factor:g} × the larger std", "",
+             *([f"**{warning}**", ""] if warning else []),
              "| task | metric | A | B | B - A | |", "|---|---|---:|---:|---:|---|"]
     for row in rows:
         lines.append(f"| {row['row']} | {row['metric']} | {_value(row['a'], row['a_std'])} | "
@@ -78,7 +91,9 @@ def text_table(rows: list) -> str:
 
 def label(path: str, results: dict) -> str:
     runs = describe_runs(results)
-    return f"{path} ({results.get('dataset', '?')}" + (f", mean of {runs})" if runs else ")")
+    rerank = f", {describe_rerank(results)}" if rerank_of(results) else ""
+    return (f"{path} ({results.get('dataset', '?')}" + (f", mean of {runs}" if runs else "")
+            + f"{rerank})")
 
 
 @exit_on_user_error
@@ -100,6 +115,9 @@ def main(argv=None) -> list:
                         f"{second.get('dataset')}: their numbers do not compare")
     rows = compare(first, second, args.factor)
     label_a, label_b = label(args.a, first), label(args.b, second)
+    warning = rerank_warning(first, second)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"A: {label_a}\nB: {label_b}\n")
     print(text_table(rows))
     beyond = sum(row["verdict"] == BEYOND for row in rows)
@@ -108,7 +126,7 @@ def main(argv=None) -> list:
     else:
         print(f"\n{beyond} of {len(rows)} differences beyond {args.factor:g} × the larger std")
     if args.out:
-        Path(args.out).write_text(markdown(rows, label_a, label_b, args.factor),
+        Path(args.out).write_text(markdown(rows, label_a, label_b, args.factor, warning),
                                   encoding="utf-8")
         print(f"table written to {args.out}")
     return rows

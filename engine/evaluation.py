@@ -1,17 +1,21 @@
 """Feature extraction and retrieval evaluation shared by both stages."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.base import ImageListDataset
 from model.tokenizer import tokenize
 from utils.distributed import is_main
+from utils.errors import ConfigError
 from utils.metrics import rank_metrics
 from utils.precision import autocast
+from utils.rerank import check_parameters, k_reciprocal_rerank
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
@@ -47,14 +51,57 @@ def encode_texts(model, texts: Sequence[str], context_length: int, device: torch
     return torch.cat(feats)
 
 
+# The ``test.rerank_*`` key of each argument of ``utils.rerank.check_parameters``.
+RERANK_KEYS = {"k1": "test.rerank_k1", "k2": "test.rerank_k2", "lambda_value": "test.rerank_lambda"}
+
+
+def rerank_setting(cfg) -> dict | None:
+    """``test.rerank``'s setting for ``retrieval``: None when off, else ``{"k1", "k2",
+    "lambda"}`` (as ``results.json`` records it), checked: a bad value is a ConfigError
+    naming its key."""
+    if not isinstance(cfg.test.rerank, bool):
+        raise ConfigError(f"test.rerank={cfg.test.rerank!r} must be true or false")
+    if not cfg.test.rerank:
+        return None
+    setting = {"k1": cfg.test.rerank_k1, "k2": cfg.test.rerank_k2,
+               "lambda": cfg.test.rerank_lambda}
+    try:
+        check_parameters(setting["k1"], setting["k2"], setting["lambda"])
+    except ValueError as error:  # its message names the arguments: name the keys instead
+        message = re.sub(r"\b(k1|k2|lambda_value)\b",
+                         lambda found: RERANK_KEYS[found.group(1)], str(error))
+        raise ConfigError(f"{message} (test.rerank=true)") from None
+    return setting
+
+
+def similarity_scores(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
+                      rerank: dict | None = None) -> torch.Tensor:
+    """Scores [Q, G] (float32, higher = more similar) of normalised query features [Q, E]
+    against gallery features [G, E]: cosine similarity, or with ``rerank`` (see
+    ``rerank_setting``) minus the k-reciprocal re-ranked distance of
+    ``utils.rerank.k_reciprocal_rerank``, whose graph holds all Q queries and G photos."""
+    if rerank is None:
+        return query_feats @ gallery_feats.t()
+    # Renormalised in float32: features that went through float16 keep a norm of 1 only
+    # to about 1e-3.
+    distances = k_reciprocal_rerank(F.normalize(query_feats.float(), dim=1),
+                                    F.normalize(gallery_feats.float(), dim=1),
+                                    rerank["k1"], rerank["k2"], rerank["lambda"])
+    return distances.neg_()
+
+
 def retrieval(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query_ids, gallery_ids,
-              query_cams=None, gallery_cams=None, rank_denominator: str = "valid") -> dict:
-    """Cosine-similarity ranking of a gallery for each query -> R1/R5/R10/mAP/mINP (%).
-    ``rank_denominator``: see ``utils.metrics.rank_metrics``."""
-    similarity = query_feats @ gallery_feats.t()  # [Q, G]
+              query_cams=None, gallery_cams=None, rank_denominator: str = "valid",
+              rerank: dict | None = None) -> dict:
+    """Ranking of a gallery for each query by ``similarity_scores`` (cosine, or re-ranked
+    with ``rerank``) -> R1/R5/R10/mAP/mINP (%). ``rank_denominator`` and the cameras: see
+    ``utils.metrics.rank_metrics`` (a same-person, same-camera photo is left out after
+    re-ranking, as the Market-1501 evaluators do)."""
+    similarity = similarity_scores(query_feats, gallery_feats, rerank)  # [Q, G]
+
     def as_tensor(values):
         return (None if values is None
-                     else torch.as_tensor(values, device=similarity.device))
+                else torch.as_tensor(values, device=similarity.device))
     return rank_metrics(similarity, as_tensor(query_ids), as_tensor(gallery_ids),
                         as_tensor(query_cams), as_tensor(gallery_cams),
                         rank_denominator=rank_denominator)

@@ -4,6 +4,9 @@
         outputs/Market_finetune/results.json outputs/PKU_finetune/results.json --out results.md
     python -m engine.report outputs/TriPEDES_pretrain     # -> outputs/TriPEDES_pretrain/curves.png
 
+A results file of test.py with ``test.rerank=true`` says so in its rows' label (re-ranked,
+k1, k2, lambda).
+
 A run folder gives ``curves.png``: the loss terms and the learning rates over the steps
 (``train.jsonl``), and R1 and mAP of every evaluation over the epochs (``metrics.jsonl``).
 """
@@ -13,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from engine.evaluation import METRICS, results_rows
-from engine.results import describe_runs, read_results, spread_rows
+from engine.results import describe_rerank, describe_runs, read_results, rerank_of, spread_rows
 from engine.training_log import FILE as TRAIN_LOG
 from engine.training_log import read_records
 from engine.visualize import curve_panel, stack
@@ -88,7 +91,8 @@ def main(argv=None) -> str:
         if not path.is_file():
             raise UserError(f"results file not found: {path}")
         results = read_results(path)
-        named.append((f"{results.get('dataset', '?')} ({path.parent.name})", results))
+        rerank = f", {describe_rerank(results)}" if rerank_of(results) else ""
+        named.append((f"{results.get('dataset', '?')} ({path.parent.name}{rerank})", results))
     table = markdown_table(named)
     print(table, end="")
     if args.out:

@@ -10,6 +10,11 @@ the mean of every metric where a single run has it, the sample standard deviatio
 With several seeds of PKU-Sketch each seed holds the mean and std over its trials and its
 ``"trials"``; the top level holds the mean over seeds of those means and their std over
 seeds. Tri-PEDES keeps ``"tasks"`` and ``"std"`` inside each of its ``"datasets"``.
+
+A ``results.json`` also says how it ranked: ``"rerank": false``, or test.py's
+``test.rerank=true`` as ``{"k1": 20, "k2": 6, "lambda": 0.3}`` (k-reciprocal re-ranking).
+Training's results (each seed at its best epoch) are never re-ranked; a file without the
+key is from before it was recorded, and was not re-ranked either.
 """
 from __future__ import annotations
 
@@ -95,6 +100,20 @@ def describe_runs(results: dict) -> str:
     seeds, trials = run_counts(results)
     parts = [f"{seeds} seeds"] * (seeds > 1) + [f"{trials} trials"] * (trials > 1)
     return " × ".join(parts)
+
+
+def rerank_of(results: dict) -> dict | None:
+    """The k-reciprocal re-ranking behind ``results`` (``{"k1", "k2", "lambda"}``), or None
+    for plain ranking (``"rerank": false``, or a file from before test.py recorded it)."""
+    return results.get("rerank") or None
+
+
+def describe_rerank(results: dict) -> str:
+    """'re-ranked (k1=20, k2=6, lambda=0.3)' or 'not re-ranked'."""
+    rerank = rerank_of(results)
+    if rerank is None:
+        return "not re-ranked"
+    return f"re-ranked (k1={rerank['k1']}, k2={rerank['k2']}, lambda={rerank['lambda']:g})"
 
 
 def read_results(path: str | Path) -> dict:

@@ -174,8 +174,9 @@ def collect_results(cfg, runs: list) -> dict:
     """``results.json`` of a multi-seed run folder from each run's best epoch."""
     results = combine([(run.seed, run.trial, best_epoch_results(Path(run.cfg.output_dir)))
                        for run in runs])
-    return {"dataset": cfg.data.dataset, **results, "output_dir": str(cfg.output_dir),
-            "config": to_plain(cfg)}
+    # Training's evaluations never re-rank (test.rerank is test.py's).
+    return {"dataset": cfg.data.dataset, "rerank": False, **results,
+            "output_dir": str(cfg.output_dir), "config": to_plain(cfg)}
 
 
 def write_results(results: dict, output_dir: Path) -> None:

@@ -434,7 +434,7 @@ class TokenStage(Stage):
             results["examples"] = ranked_examples(composed if has_feedback else sketches,
                                                   gallery, eval_set, query_texts, examples,
                                                   same_camera_out=cams[0] is not None,
-                                                  rerank=None)
+                                                  rerank=rerank)
         if queries:
             results["queries"] = [
                 {"image": str(path), "person_id": pid,

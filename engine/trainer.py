@@ -17,6 +17,7 @@ from tqdm import tqdm
 from datasets.sampler import EpochSampler
 from engine import training_log
 from engine.evaluation import format_table, results_rows
+from model.clip import trim_to_bucket
 from utils import distributed
 from utils.checkpoint import (
     CHECKPOINT_NAMES,
@@ -33,6 +34,7 @@ from utils.schedule import learning_rate
 
 log = logging.getLogger(__name__)
 MAX_SKIPPED_STEPS = 5  # consecutive non-finite fp16 steps the grad scaler may skip
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class TrainingError(UserError):
@@ -168,7 +170,7 @@ def _set_random_state(state, device: torch.device) -> None:
 
 
 def accumulated_step(model, optimizer, scaler, micro_batches: list, loss_inputs: dict, device,
-                     dtype, grad_clip: float = 0.0) -> tuple:
+                     dtype, grad_clip: float = 0.0, features=None) -> tuple:
     """One optimizer step whose contrastive batch is all of ``micro_batches``, with the
     activation memory of one (feature caching, after Gao et al., "Scaling Deep Contrastive
     Learning Batch Size under Memory Limited Setup", 2021):
@@ -182,14 +184,16 @@ def accumulated_step(model, optimizer, scaler, micro_batches: list, loss_inputs:
     The gradient equals that of one step on the whole batch. ``model`` has
     ``features(batch)`` and ``losses(feats, labels, **loss_inputs)``; with several
     processes, the gradients are averaged here (give the bare model, not DDP).
-    Returns (total loss, dict of loss terms).
+    ``features``: the callable that computes them (default ``model.features``; the trainer
+    gives a compiled one). Returns (total loss, dict of loss terms).
     """
+    features = features or model.features
     states, cached = [], []
     with torch.no_grad():
         for batch in micro_batches:
             states.append(_random_state(device))
             with autocast(device, dtype):
-                cached.append(model.features(batch))
+                cached.append(features(batch))
     after_first_pass = _random_state(device)
     leaves = {key: torch.cat([feats[key] for feats in cached]).requires_grad_()
               for key in cached[0]}
@@ -205,7 +209,7 @@ def accumulated_step(model, optimizer, scaler, micro_batches: list, loss_inputs:
         stop = start + batch["label"].shape[0]
         _set_random_state(state, device)
         with autocast(device, dtype):
-            feats = model.features(batch)
+            feats = features(batch)
         torch.autograd.backward([feats[key] for key in grads],
                                 [grad[start:stop] for grad in grads.values()])
         start = stop
@@ -213,6 +217,94 @@ def accumulated_step(model, optimizer, scaler, micro_batches: list, loss_inputs:
     distributed.average_gradients(model.parameters())
     _optimizer_step(optimizer, scaler, grad_clip)
     return loss.detach(), losses
+
+
+class LossWatch:
+    """Non-finite losses, counted on the device step after step and read on the host only
+    when ``check`` is called (at a log line, a save, the end of an epoch), so that a step
+    never waits for the device to say whether its loss was finite.
+
+    fp16 with a grad scaler may skip a few steps in a row (``allowed`` consecutive
+    non-finite losses); any other precision none.
+    """
+
+    def __init__(self, device: torch.device, allowed: int):
+        self.allowed = allowed
+        self.streak = torch.zeros((), dtype=torch.int64, device=device)
+        self.longest = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_losses = None  # the terms of the last non-finite step (on the device)
+
+    def update(self, loss: torch.Tensor, losses: dict) -> None:
+        bad = ~torch.isfinite(loss)
+        self.streak = (self.streak + 1) * bad
+        self.longest = torch.maximum(self.longest, self.streak)
+        terms = {name: value.detach().float() for name, value in losses.items()}
+        self.bad_losses = terms if self.bad_losses is None else {
+            name: torch.where(bad, terms[name], self.bad_losses[name]) for name in terms}
+
+    def check(self, step: int, epoch: int, last_good: Path) -> None:
+        """TrainingError when too many steps in a row had a non-finite loss since the last
+        check (one host read)."""
+        longest = int(self.longest)
+        if longest > self.allowed:
+            terms = ", ".join(f"{name}={float(value):.4g}"
+                              for name, value in self.bad_losses.items())
+            raise TrainingError(
+                f"the loss is not finite ({longest} step(s) in a row by epoch {epoch + 1} "
+                f"step {step}; {terms}); stopped, {last_good} holds the last good state (try "
+                "a lower train.lr)")
+        self.longest.copy_(self.streak)  # a run of bad steps goes on across checks
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run the step here (None when it can)."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Triton, which torch.compile needs on CUDA, is not installed"
+    return None
+
+
+def compile_choice(cfg, device: torch.device) -> str | None:
+    """The ``torch.compile`` mode the step runs under, or None for eager: ``train.compile``
+    true, false or null (auto: on CUDA), unless it cannot be used here, which the log says
+    in one line."""
+    wanted = cfg.train.compile
+    if wanted not in (True, False, None):
+        raise ConfigError(f"train.compile={wanted!r} is not one of true, false, null (auto: "
+                          "on CUDA)")
+    if wanted is False or (wanted is None and device.type != "cuda"):
+        return None
+    if cfg.train.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"train.compile_mode={cfg.train.compile_mode!r} is not one of "
+                          f"{', '.join(COMPILE_MODES)}")
+    reason = compile_unavailable(device)
+    if reason is not None:
+        log.warning("train.compile: running eagerly (%s)", reason)
+        return None
+    return cfg.train.compile_mode
+
+
+def text_buckets(cfg, compiled: bool) -> tuple:
+    """The lengths a training batch's tokens are cut to on the host: ``train.text_buckets``,
+    or (null) a few fixed lengths when the step is compiled and the exact length of each
+    batch's longest text otherwise."""
+    buckets = cfg.train.text_buckets
+    context = cfg.model.context_length
+    if buckets is None:
+        return tuple(sorted({length for length in (16, 32, 48, 64) if length < context}
+                            | {context})) if compiled else ()
+    if not isinstance(buckets, list) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and 2 <= b <= context
+            for b in buckets):
+        raise ConfigError(f"train.text_buckets={buckets!r} must be null or a list of lengths "
+                          f"from 2 to model.context_length ({context})")
+    return tuple(sorted(set(buckets)))
 
 
 def build_train_loader(dataset, sampler, cfg, device: torch.device, collate=None,
@@ -313,8 +405,17 @@ class Trainer:
         if distributed.world_size() > 1:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.train.compile:
-            self.train_model = torch.compile(self.train_model)
+        self.eager_model = self.train_model
+        self.features = self.model.features  # the accumulation path's passes
+        self.compile_mode = compile_choice(cfg, self.device)
+        if self.compile_mode is not None:
+            self.train_model = torch.compile(self.train_model, mode=self.compile_mode)
+            self.features = torch.compile(self.model.features, mode=self.compile_mode)
+            log.info("the step is compiled (torch.compile, mode %s)", self.compile_mode)
+        self.compile_checked = self.compile_mode is None  # the first step tells
+        self.text_buckets = text_buckets(cfg, self.compile_mode is not None)
+        self.loss_watch = LossWatch(self.device, MAX_SKIPPED_STEPS
+                                    if self.amp_dtype == torch.float16 else 0)
 
     # ----------------------------------------------------------------------------- loop
     def fit(self) -> dict:
@@ -344,6 +445,8 @@ class Trainer:
         """The loader's micro-batches on the device, ``accum_steps`` at a time."""
         group = []
         for batch in loader:
+            if "tokens" in batch:  # cut on the host: the step reads no length back
+                batch["tokens"] = trim_to_bucket(batch["tokens"], self.text_buckets)
             group.append({key: value.to(self.device, non_blocking=True)
                           for key, value in batch.items()})
             if len(group) == self.accum_steps:
@@ -351,11 +454,31 @@ class Trainer:
                 group = []
 
     def _step(self, group: list, loss_inputs: dict) -> tuple:
+        if self.compile_checked:
+            return self._run_step(group, loss_inputs)
+        # The first compiled step compiles; should that fail, the run goes on eagerly.
+        state = _random_state(self.device)
+        try:
+            result = self._run_step(group, loss_inputs)
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            log.warning("train.compile: the compiled step failed (%s: %s); running eagerly",
+                        type(error).__name__, first_line[:200])
+            self.train_model, self.features = self.eager_model, self.model.features
+            self.compile_mode = None
+            self.optimizer.zero_grad(set_to_none=True)
+            _set_random_state(state, self.device)
+            result = self._run_step(group, loss_inputs)
+        self.compile_checked = True
+        return result
+
+    def _run_step(self, group: list, loss_inputs: dict) -> tuple:
         if self.accum_steps == 1:
             return train_step(self.train_model, self.optimizer, self.scaler, group[0],
                               loss_inputs, self.device, self.amp_dtype, self.cfg.train.grad_clip)
         return accumulated_step(self.model, self.optimizer, self.scaler, group, loss_inputs,
-                                self.device, self.amp_dtype, self.cfg.train.grad_clip)
+                                self.device, self.amp_dtype, self.cfg.train.grad_clip,
+                                features=self.features)
 
     def _train_epoch(self, guard: PreemptionGuard) -> bool:
         cfg = self.cfg
@@ -365,7 +488,7 @@ class Trainer:
         progress = tqdm(self._micro_batch_groups(self.loader),
                         desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", initial=start_step,
                         total=self.steps_per_epoch, disable=not self.main, dynamic_ncols=True)
-        skipped = 0
+        last_good = self.output_dir / "checkpoint_last.pth"
         for group in progress:
             lr = learning_rate(self.step, self.total_steps, self.warmup_steps, cfg.train.lr,
                                cfg.train.lr_start, cfg.train.lr_end)
@@ -374,29 +497,25 @@ class Trainer:
             step_in_epoch = self.step - self.epoch * self.steps_per_epoch
             loss, losses = self._step(group, self.stage.loss_inputs(
                 cfg, self.epoch, step_in_epoch, self.steps_per_epoch))
-            if not torch.isfinite(loss):
-                # fp16: the grad scaler skipped this step; a few in a row are fine.
-                skipped += 1
-                if self.amp_dtype != torch.float16 or skipped > MAX_SKIPPED_STEPS:
-                    raise TrainingError(
-                        f"the loss is not finite at epoch {self.epoch + 1} step {self.step} "
-                        f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
-                        f"stopped, {self.output_dir / 'checkpoint_last.pth'} holds the last "
-                        "good state (try a lower train.lr)")
-            else:
-                skipped = 0
+            # Nothing is read back from the device here: the loss is checked and shown
+            # at log lines, saves and the end of the epoch (fp16: the grad scaler skips
+            # a non-finite step; a few in a row are fine).
+            self.loss_watch.update(loss, losses)
             self.step += 1
-            if self.main:
+            save_now = cfg.train.save_every_steps and self.step % cfg.train.save_every_steps == 0 \
+                and self.step % self.steps_per_epoch
+            if self.step % cfg.log.every_steps == 0 or save_now or guard.requested \
+                    or self.step % self.steps_per_epoch == 0:
+                self.loss_watch.check(self.step, self.epoch, last_good)
+            if self.main and self.training_log.due(self.step):
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-                if self.training_log.due(self.step):
-                    self.training_log.write(
-                        self.step, self.step / self.steps_per_epoch, loss.item(), losses,
-                        self.optimizer, float(self.model.logit_scale().detach()), self.device)
-                    log.info("epoch %d step %d lr %.3e loss %.4f (%s)", self.epoch + 1, self.step,
-                             lr, loss.item(),
-                             " ".join(f"{k} {v.item():.4f}" for k, v in losses.items()))
-            if cfg.train.save_every_steps and self.step % cfg.train.save_every_steps == 0 \
-                    and self.step % self.steps_per_epoch:
+                self.training_log.write(
+                    self.step, self.step / self.steps_per_epoch, loss.item(), losses,
+                    self.optimizer, float(self.model.logit_scale().detach()), self.device)
+                terms = " ".join(f"{k} {v.item():.4f}" for k, v in losses.items())
+                log.info("epoch %d step %d lr %.3e loss %.4f (%s)", self.epoch + 1, self.step,
+                         lr, loss.item(), terms)
+            if save_now:
                 self._save("checkpoint_last.pth")
             if guard.requested:
                 return False

@@ -316,8 +316,7 @@ class CLIP(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] from ``tokenize`` -> features [B, E], pooled at the end-of-text token."""
-        tokens = self.trim_padding(tokens)
-        return self._encode_token_embeddings(self.token_embedding(tokens), tokens)
+        return self.encode_tokens(self.trim_padding(tokens))
 
     def encode_text_with_pseudo_token(self, tokens: torch.Tensor,
                                       pseudo_tokens: torch.Tensor) -> torch.Tensor:
@@ -326,41 +325,81 @@ class CLIP(nn.Module):
         tokens [B, L] contain the placeholder id; pseudo_tokens [B, W] (W = text width)
         replace the embedding at every placeholder position of the same row.
         """
-        tokens = self.trim_padding(tokens)
-        embeddings = self.token_embedding(tokens)  # [B, L', W]
-        is_placeholder = (tokens == self.placeholder_id).unsqueeze(-1)  # [B, L', 1]
-        embeddings = torch.where(is_placeholder, pseudo_tokens.unsqueeze(1).to(embeddings.dtype),
-                                 embeddings)
-        return self._encode_token_embeddings(embeddings, tokens)
+        return self.encode_tokens(self.trim_padding(tokens), pseudo_tokens)
 
     def trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] -> tokens [B, L'] cut after the batch's last end-of-text token.
 
         Under the causal mask no position sees a later one, and only the end-of-text
         position is pooled, so the padding after the longest text of the batch changes no
-        feature: cutting it saves its work in every block.
+        feature: cutting it saves its work in every block. Tokens shorter than the context
+        length were cut already, on the host (``trim_to_bucket``: a training batch, or the
+        stage-2 prompt), and are taken as they are, so that the step reads nothing back
+        from the device; a full-length row is cut here, which reads the longest text's
+        length from the device.
         """
-        if tokens.shape[1] != self.context_length:
-            raise ValueError(f"text tokens have length {tokens.shape[1]}, the model expects "
-                             f"{self.context_length} (tokenize(..., context_length="
+        if tokens.shape[1] > self.context_length or tokens.dim() != 2:
+            raise ValueError(f"text tokens have shape {tuple(tokens.shape)}, the model expects "
+                             f"[B, L <= {self.context_length}] (tokenize(..., context_length="
                              f"{self.context_length}))")
-        if tokens.shape[0] == 0:
+        if tokens.shape[1] < self.context_length:
             return tokens
-        return tokens[:, :int(end_of_text_positions(tokens).max()) + 1]
+        return trim_after_last_text(tokens)
 
-    def _encode_token_embeddings(self, embeddings: torch.Tensor,
-                                 tokens: torch.Tensor) -> torch.Tensor:
-        """embeddings [B, L', W] of tokens [B, L'] (L' <= context length) -> features [B, E]."""
+    def encode_tokens(self, tokens: torch.Tensor,
+                      pseudo_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, L'] (any L' <= context length that keeps each end-of-text token; not
+        trimmed here) -> features [B, E] (not normalised). With pseudo_tokens [B, W], the
+        embedding at every placeholder position of a row is that row's pseudo token.
+
+        Tensors in, tensors out, no data-dependent Python: the ONNX graphs
+        (``model.onnx_graphs``) trace this as it is.
+        """
+        embeddings = self.token_embedding(tokens)  # [B, L', W]
+        if pseudo_tokens is not None:
+            is_placeholder = (tokens == self.placeholder_id).unsqueeze(-1)  # [B, L', 1]
+            embeddings = torch.where(is_placeholder,
+                                     pseudo_tokens.unsqueeze(1).to(embeddings.dtype), embeddings)
         length = tokens.shape[1]
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)  # [B, L', W]
         pooled = self.transformer(x, pooled=end_of_text_positions(tokens))  # [B, W]
         return self.ln_final(pooled) @ self.text_projection  # [B, E]
 
 
+def trim_after_last_text(tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [B, L] -> tokens [B, L'] cut after the batch's last end-of-text token (the
+    features of ``CLIP.encode_tokens`` are the same; see ``CLIP.trim_padding``)."""
+    if tokens.shape[0] == 0:
+        return tokens
+    return tokens[:, :int(end_of_text_positions(tokens).max()) + 1]
+
+
+def trim_to_bucket(tokens: torch.Tensor, buckets=()) -> torch.Tensor:
+    """tokens [B, L] on the host -> tokens [B, L'] with L' the smallest of ``buckets`` that
+    holds every text's end-of-text token (the exact length when ``buckets`` is empty; L
+    when none is long enough). The features do not change (``CLIP.trim_padding``); a few
+    fixed lengths keep a compiled step or a CUDA graph from meeting a new shape at every
+    batch."""
+    if tokens.device.type != "cpu":
+        raise ValueError("trim_to_bucket reads the lengths on the host: give CPU tokens")
+    if tokens.shape[0] == 0:
+        return tokens
+    needed = int(end_of_text_positions(tokens).max()) + 1
+    length = min((bucket for bucket in buckets if bucket >= needed), default=None)
+    if length is None:
+        length = needed if not buckets else tokens.shape[1]
+    return tokens[:, :min(length, tokens.shape[1])]
+
+
 def end_of_text_positions(tokens: torch.Tensor) -> torch.Tensor:
     """tokens [B, L] -> [B]: the end-of-text id is the largest in the vocabulary, so argmax
-    finds its position."""
-    return tokens.argmax(dim=-1)
+    finds its position (the first, should a text hold it twice).
+
+    The ids are compared as float32, which holds every id exactly (49408 < 2**24): an
+    exported graph's ArgMax then reads floats, which every ONNX runtime implements, where
+    some lack ArgMax over int64.
+    """
+    return tokens.float().argmax(dim=-1)
 
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor],

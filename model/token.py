@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.clip import CLIP
+from model.clip import CLIP, trim_to_bucket
 from model.losses import info_nce_loss
 from model.retrieval import RetrievalModel
 from model.tokenizer import PLACEHOLDER, tokenize
@@ -77,8 +77,10 @@ class TokenModel(RetrievalModel):
                                   f"once, with spaces around it (e.g. 'a photo of * , and {{}}')")
         self.weights = {"inversion": float(loss_cfg.inversion),
                         "alignment": float(loss_cfg.alignment)}
-        self.register_buffer("prompt_tokens", tokenize(self.sketch_prompt, clip.context_length),
-                             persistent=False)  # [1, L]
+        # Cut after its end-of-text token here, once, so that a training step reads nothing
+        # back from the device to cut it (``CLIP.trim_padding``).
+        self.register_buffer("prompt_tokens", trim_to_bucket(
+            tokenize(self.sketch_prompt, clip.context_length)), persistent=False)  # [1, L']
         for name, parameter in self.clip.named_parameters():
             if name.startswith(TEXT_TOWER):
                 parameter.requires_grad_(False)

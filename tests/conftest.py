@@ -1,5 +1,9 @@
-"""Shared fixtures: tiny random-weight CLIP checkpoints in OpenAI's layout."""
+"""Shared fixtures: tiny random-weight CLIP checkpoints in OpenAI's layout, synthetic data,
+one-epoch runs of both stages, and a gallery of photos to search."""
 from __future__ import annotations
+
+import logging
+import shutil
 
 import pytest
 import torch
@@ -67,3 +71,46 @@ def market_run(tiny_clip_path, synthetic_root, stage1_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("market")
     run_token(tiny_clip_path, synthetic_root, out, stage1_run)
     return out
+
+
+# ----------------------------------------------------------------- searching a gallery
+@pytest.fixture
+def gallery(synthetic_root, tmp_path):
+    """A folder of photos to search: the synthetic Market-Sketch-1K query photos (35)."""
+    folder = tmp_path / "gallery"
+    shutil.copytree(synthetic_root / "Market-Sketch-1K" / "photo" / "query", folder / "cam")
+    return folder
+
+
+@pytest.fixture
+def sketch(synthetic_root):
+    return sorted((synthetic_root / "Market-Sketch-1K" / "sketch" / "A" / "query").iterdir())[0]
+
+
+@pytest.fixture
+def embedded(monkeypatch):
+    """Records how many photos each SearchEngine embeds (one entry per call)."""
+    import engine.gallery
+    counts = []
+    original = engine.gallery.encode_images
+
+    def counting(encode, paths, *args, **kwargs):
+        counts.append(len(paths))
+        return original(encode, paths, *args, **kwargs)
+
+    monkeypatch.setattr(engine.gallery, "encode_images", counting)
+    return counts
+
+
+@pytest.fixture
+def restore_logging():
+    """An entry point's ``setup_logging`` adds a handler on the (captured) standard output
+    and sets levels; put them back afterwards, so that later tests do not log to a closed
+    stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

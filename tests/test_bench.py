@@ -244,3 +244,51 @@ def test_failed_cython_build_is_one_line_and_leaves_no_build(tmp_path):
     assert message.startswith("building rank_cy.pyx with Cython failed: src/rank_cy.pyx:1:")
     # Only the log stays: no half-built folder that a later run would take for a build.
     assert [path.suffix for path in cache.iterdir()] == [".log"]
+
+
+# --------------------------------------------------------------------------
+# bench.eval --rerank: ours, and fast-reid's dense re_ranking where it fits.
+# --------------------------------------------------------------------------
+TINY_RERANK = ["--queries", "30", "--gallery", "120", "--dim", "16", "--ids", "20",
+               "--repeats", "1", "--rerank"]
+
+
+def test_eval_rerank_times_ours_and_fastreids_and_agrees(capsys):
+    peer_file("fastreid", "evaluation/rerank.py")
+    returned = bench_eval.main(TINY_RERANK)
+    out = capsys.readouterr().out
+    record = json.loads(out.splitlines()[-1])
+    assert record == returned
+    assert (record["rerank_k1"], record["rerank_k2"], record["rerank_lambda"]) == (20, 6, 0.3)
+    for key in ("rerank_s", "dense_mb", "reference_rerank_s"):
+        assert positive(record[key]), key
+    # Memory that a tiny problem takes may already be there (the peak need not rise).
+    for key in ("rerank_peak_mb", "rerank_output_mb", "reference_rerank_peak_mb"):
+        assert record[key] >= 0, key
+    assert record["dense_mb"] == pytest.approx(20 * 150 ** 2 / 2**20, abs=0.1)
+    assert record["reference_rerank_max_abs_diff"] < 1e-5
+    assert record["reference_rerank_same_metrics"] is True
+    assert all(0 <= record[f"rerank_{key}"] <= 100 for key in bench_eval.KEYS)
+    table = out.splitlines()[:-1]
+    assert table[0].startswith("k-reciprocal re-ranking, 30 queries x 120 gallery, dim 16")
+    assert [line.split("  ")[0] for line in table[3:]] == [
+        "cosine, no re-ranking", "ours (sparse)", "fast-reid re_ranking (dense)",
+        "dense arrays would need"]
+
+
+def test_eval_rerank_leaves_fastreid_out_over_the_dense_limit(capsys):
+    record = bench_eval.main([*TINY_RERANK, "--dense-limit-gb", "0", "--rerank-k1", "7",
+                              "--rerank-k2", "3", "--rerank-lambda", "0.5"])
+    assert record["reference_rerank_s"] is None
+    assert record["reference_rerank_skipped"] == ("its dense arrays need 0.0 GB, over "
+                                                  "--dense-limit-gb 0")
+    assert (record["rerank_k1"], record["rerank_k2"], record["rerank_lambda"]) == (7, 3, 0.5)
+    assert positive(record["rerank_s"])
+    assert "not run" in capsys.readouterr().out
+
+
+def test_eval_rerank_refuses_bad_parameters(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_eval.main([*TINY_RERANK, "--rerank-k2", "30"])
+    assert exit_info.value.code == 2
+    assert "--rerank: k2=30 must be an integer from 1 to k1 (20)" in capsys.readouterr().err

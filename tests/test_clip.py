@@ -91,7 +91,7 @@ def test_shorter_context_is_exact_for_texts_that_fit(tmp_path):
         ours = model.encode_text(tokenize(short, 24))
         reference = peer.encode_text(tokenize(short, 77))
     assert relative_error(ours, reference) < 1e-4
-    with pytest.raises(ValueError, match="length 77"):
+    with pytest.raises(ValueError, match=r"shape \(2, 77\)"):
         model.encode_text(tokenize(short, 77))
 
 
@@ -279,11 +279,13 @@ def test_text_padding_is_cut_after_the_longest_text_without_changing_features(mo
         trimmed = clip.encode_text(tokens), clip.encode_text_with_pseudo_token(tokens, pseudo)
     longest = int(tokens.argmax(dim=-1).max()) + 1
     assert lengths == [longest, longest] and longest < 20
-    # one text of the full context: nothing to cut; tokens of another length: refused
+    # one text of the full context: nothing to cut; shorter tokens were cut on the host
+    # (trim_to_bucket) and are taken as they are; longer ones are refused
     long_tokens = tokenize(["person with a backpack " * 20], 77)
     assert clip.trim_padding(long_tokens).shape[1] == 77
-    with pytest.raises(ValueError, match="text tokens have length 70"):
-        clip.encode_text(long_tokens[:, :70])
+    assert clip.trim_padding(tokens[:, :40]).shape[1] == 40
+    with pytest.raises(ValueError, match=r"text tokens have shape \(1, 78\)"):
+        clip.encode_text(torch.cat([long_tokens, long_tokens[:, :1]], dim=1))
     monkeypatch.setattr(CLIP, "trim_padding", lambda self, tokens: tokens)
     with torch.no_grad():
         full = clip.encode_text(tokens), clip.encode_text_with_pseudo_token(tokens, pseudo)
@@ -337,3 +339,29 @@ def test_presets_load_with_their_sizes(tmp_path, name):
     assert model.visual.grid_size == (32 // arch.patch_size, 16 // arch.patch_size)
     with torch.no_grad():
         assert model.encode_image(torch.randn(2, 3, 32, 16)).shape == (2, arch.embed_dim)
+
+
+@pytest.mark.parametrize("buckets", [(), (16, 32, 48, 64, 77), (8, 77), (100,)])
+def test_tokens_cut_on_the_host_to_a_bucket_give_the_same_features(buckets):
+    """``trim_to_bucket`` cuts a batch on the host to the smallest bucket that holds its
+    longest text (exactly after it without buckets; the whole row when no bucket is long
+    enough); the features, with and without the pseudo word, equal the full context's."""
+    from model.clip import build_clip, trim_to_bucket
+
+    clip = build_clip(random_clip_state_dict(PRESETS["tiny"]), image_size=(32, 32)).eval()
+    texts = ["a woman in a red coat", "a photo of * , and a man with a black backpack and "
+             "grey shorts, white shoes and a cap"]
+    tokens = tokenize(texts, 77)
+    longest = int(tokens.argmax(dim=-1).max()) + 1
+    cut = trim_to_bucket(tokens, buckets)
+    expected = min([b for b in buckets if b >= longest], default=77 if buckets else longest)
+    assert cut.shape == (2, min(expected, 77))
+    pseudo = torch.randn(2, clip.arch.text_width)
+    with torch.no_grad():
+        for full, ours in ((clip.encode_text(tokens), clip.encode_text(cut)),
+                           (clip.encode_text_with_pseudo_token(tokens, pseudo),
+                            clip.encode_text_with_pseudo_token(cut, pseudo))):
+            assert relative_error(ours, full) < 1e-5
+    with pytest.raises(ValueError, match="host"):
+        trim_to_bucket(tokens.to("meta"))
+    assert trim_to_bucket(tokenize([], 77)).shape == (0, 77)

@@ -180,3 +180,56 @@ def test_one_fp16_autocast_training_step(tiny_clip_path):
     unchanged = [name for name, p in model.named_parameters()
                  if p.requires_grad and torch.equal(p.detach(), before[name])]
     assert not unchanged, unchanged
+
+
+def test_rerank_on_cuda_equals_the_cpu():
+    """k-reciprocal re-ranking (test.rerank) on the GPU: the CPU's distances, and the same
+    metrics through ``engine.evaluation.retrieval``."""
+    from engine.evaluation import retrieval
+    from utils.rerank import gallery_neighbours, k_reciprocal_rerank, rerank_queries
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 12, (240,), generator=generator)
+    centres = torch.nn.functional.normalize(torch.randn(12, 64, generator=generator), dim=1)
+    feats = torch.nn.functional.normalize(
+        centres[ids] + 0.3 * torch.randn(240, 64, generator=generator) / 8, dim=1)
+    query, gallery = feats[:40], feats[40:]
+    cpu = k_reciprocal_rerank(query, gallery)
+    gpu = k_reciprocal_rerank(query.cuda(), gallery.cuda())
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-6)
+    stored = rerank_queries(query.cuda(), gallery.cuda(), gallery_neighbours(gallery.cuda(), 20))
+    torch.testing.assert_close(stored.cpu(), cpu, rtol=0, atol=1e-6)
+    setting = {"k1": 20, "k2": 6, "lambda": 0.3}
+    assert retrieval(query.cuda(), gallery.cuda(), ids[:40], ids[40:], rerank=setting) == \
+        pytest.approx(retrieval(query, gallery, ids[:40], ids[40:], rerank=setting), abs=1e-6)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_the_fp16_step_never_waits_for_the_device(tiny_clip_path, synthetic_root, tmp_path,
+                                                  accumulate):
+    """Steps of a stage-1 run (fp16 autocast, the grad scaler, fused AdamW, tokens cut on the
+    host) under CUDA's sync-debug mode set to error: any read back from the device inside a
+    step raises. The checks between log lines read the device once, outside the steps."""
+    from engine import trainer as T
+    from engine.stages import AdaptStage
+    from utils.config import REPO_ROOT, load_config
+
+    extra = {"device": "cuda", "data.dataset": "rstpreid", "train.compile": "false",
+             **({"train.global_batch": 16} if accumulate else {})}
+    cfg = load_config(REPO_ROOT / "config" / "TriPEDES_pretrain.yaml",
+                      tiny_overrides(tiny_clip_path, synthetic_root, tmp_path / "run", **extra))
+    trainer = T.Trainer(cfg, AdaptStage())
+    assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
+    groups = list(trainer._micro_batch_groups(trainer.loader))
+    inputs = trainer.stage.loss_inputs(cfg, 1, 0, trainer.steps_per_epoch)
+    trainer.train_model.train()
+    trainer._step(groups[0], inputs)  # warm-up: the scaler and the optimizer state start
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for group in groups[1:]:
+            loss, losses = trainer._step(group, inputs)
+            trainer.loss_watch.update(loss, losses)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer.loss_watch.check(len(groups), 0, tmp_path / "last.pth")

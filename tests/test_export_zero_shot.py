@@ -1,4 +1,4 @@
-"""Weights export (python -m utils.export) and zero-shot evaluation of a CLIP file."""
+"""Weights export (python -m engine.export) and zero-shot evaluation of a CLIP file."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import test as test_entry
+from engine import export
 from engine.gallery import SearchEngine
-from utils import export
 from utils.checkpoint import load_checkpoint
 
 

@@ -9,36 +9,12 @@ import sys
 
 import pytest
 
-import engine.gallery
 import search
 from engine.gallery import SearchEngine, default_index_path
 from utils.config import REPO_ROOT
 
-
-@pytest.fixture
-def gallery(synthetic_root, tmp_path):
-    folder = tmp_path / "gallery"
-    shutil.copytree(synthetic_root / "Market-Sketch-1K" / "photo" / "query", folder / "cam")
-    return folder
-
-
-@pytest.fixture
-def sketch(synthetic_root):
-    return sorted((synthetic_root / "Market-Sketch-1K" / "sketch" / "A" / "query").iterdir())[0]
-
-
-@pytest.fixture
-def embedded(monkeypatch):
-    """Records how many photos each SearchEngine embeds."""
-    counts = []
-    original = engine.gallery.encode_images
-
-    def counting(encode, paths, *args, **kwargs):
-        counts.append(len(paths))
-        return original(encode, paths, *args, **kwargs)
-
-    monkeypatch.setattr(engine.gallery, "encode_images", counting)
-    return counts
+# search.main sets up logging on the captured standard output.
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_search_prints_ranking_and_writes_sheet(market_run, gallery, sketch, tmp_path, capsys):
@@ -54,7 +30,7 @@ def test_search_prints_ranking_and_writes_sheet(market_run, gallery, sketch, tmp
     for rank, (path, score) in enumerate(ranking, start=1):
         assert f"{rank:>4}  {score:>7.4f}  {path}" in out
     assert (tmp_path / "ranked.png").stat().st_size > 0
-    assert default_index_path(checkpoint, gallery).is_file()
+    assert (default_index_path(checkpoint, gallery) / "index.json").is_file()
 
 
 def test_index_is_reused_and_updated_incrementally(market_run, gallery, sketch, tmp_path,
@@ -119,7 +95,7 @@ def test_bad_input_gets_one_line(market_run, stage1_run, gallery, sketch, tmp_pa
 
 
 def _direct_ranking(model, features, query, paths, topk=5) -> list:
-    scores = (query @ features.t())[0]
+    scores = (query @ features.float().t())[0]  # the stored float16 features
     best = scores.topk(topk)
     return [paths[i] for i in best.indices.tolist()]
 

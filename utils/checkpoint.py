@@ -122,7 +122,7 @@ def read_safetensors_checkpoint(path: Path) -> dict:
     meta_path = sidecar(path)
     if not meta_path.is_file():
         raise UserError(f"{path}: its config file {meta_path} is missing (python -m "
-                        "utils.export writes both)")
+                        "engine.export writes both)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         state = load_file(str(path), device="cpu")
