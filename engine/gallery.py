@@ -56,7 +56,7 @@ from PIL import Image
 
 from datasets.base import IMAGE_SUFFIXES
 from datasets.transforms import eval_transform
-from engine.evaluation import encode_images
+from engine.evaluation import encode_images, rerank_setting
 from engine.models import load_for_inference
 from model.token import TokenModel, join_feedback
 from model.tokenizer import tokenize
@@ -64,7 +64,7 @@ from utils.checkpoint import UNREADABLE_FILE_ERRORS, save_atomic
 from utils.distributed import barrier, is_main, rank, resolve_device, world_size
 from utils.errors import UserError
 from utils.precision import autocast, inference_dtype
-from utils.rerank import check_parameters, gallery_neighbours, rerank_queries
+from utils.rerank import gallery_neighbours, rerank_queries
 
 try:  # POSIX: one process at a time updates an index; elsewhere the last rename wins
     import fcntl
@@ -675,16 +675,6 @@ def ann_search(index, settings: AnnSettings, queries: torch.Tensor, k: int) -> t
     return torch.from_numpy(scores[:, :found]), torch.from_numpy(rows[:, :found])
 
 
-def rerank_settings(cfg) -> tuple:
-    """(k1, k2, lambda) of the config's test.rerank_* keys, checked."""
-    k1, k2, lambda_value = cfg.test.rerank_k1, cfg.test.rerank_k2, cfg.test.rerank_lambda
-    try:
-        check_parameters(k1, k2, lambda_value)
-    except ValueError as error:
-        raise UserError(f"test.rerank_k1/test.rerank_k2/test.rerank_lambda: {error}") from None
-    return k1, k2, lambda_value
-
-
 def _read_neighbours(path: Path, k1: int, count: int) -> dict | None:
     """The neighbour lists in ``path`` when they are for ``k1`` and ``count`` photos."""
     if not path.is_file():
@@ -750,7 +740,11 @@ class SearchEngine:
                      "CLIP (zero-shot)" if loaded.zero_shot else "stage-1 checkpoint")
         self.transform = eval_transform(self.cfg)
         self.dtype = inference_dtype(self.device, self.cfg)
-        self.rerank = rerank_settings(self.cfg) if rerank else None  # (k1, k2, lambda)
+        self.rerank = None  # (k1, k2, lambda)
+        if rerank:  # --rerank: test.rerank's setting, checked as test.py checks it
+            self.cfg.test.rerank = True
+            setting = rerank_setting(self.cfg)
+            self.rerank = setting["k1"], setting["k2"], setting["lambda"]
         # Data-loading processes while embedding (None: data.num_workers, for big builds).
         self.num_workers = self.cfg.data.num_workers if num_workers is None else num_workers
         # What the stored features depend on: the weights (this file), how images are
