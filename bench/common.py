@@ -133,25 +133,35 @@ def text_tower_flops(arch, context_length: int, texts: int) -> float:
                                                        context_length, texts)
 
 
-def train_step_flops(stage: str, cfg, arch, batch_size: int,
-                     text_length: int | None = None) -> float:
-    """Useful FLOPs of one training step (forward + backward) of ``stage``; see the module
-    docstring for the model. ``text_length``: the tokens the text tower runs on (the batch's
-    longest text; padding after it is not computed), ``model.context_length`` if not given."""
+def _forward_flops(stage: str, cfg, arch, batch_size: int,
+                   text_length: int | None = None) -> tuple:
+    """(trained, frozen): forward FLOPs of a step's model over ``batch_size`` samples in
+    the parts that get gradients and in those that do not (stage 2's text tower)."""
     image_size = cfg.model.image_size
     length = text_length or cfg.model.context_length
     if stage == "adapt":
         images = 2 * batch_size + (batch_size if cfg.loss.ss > 0 else 0)  # photo, sketch (+view)
-        return 3 * (image_tower_flops(arch, image_size, images)
-                    + text_tower_flops(arch, length, batch_size))
+        return (image_tower_flops(arch, image_size, images)
+                + text_tower_flops(arch, length, batch_size)), 0
     # Stage 2: sketches and photos through the trained image tower, the mapping network,
     # and the composed prompt through the frozen text tower.
     widths = ([arch.embed_dim] + [cfg.model.middle_dim] * cfg.model.n_layer
               if cfg.model.mapping_type == "MLP" else [arch.embed_dim])
     widths.append(arch.text_width)
     mapping = sum(2 * a * b for a, b in zip(widths, widths[1:])) * batch_size
-    return (3 * (image_tower_flops(arch, image_size, 2 * batch_size) + mapping)
-            + 2 * text_tower_flops(arch, length, batch_size))
+    return (image_tower_flops(arch, image_size, 2 * batch_size) + mapping,
+            text_tower_flops(arch, length, batch_size))
+
+
+def train_step_flops(stage: str, cfg, arch, batch_size: int,
+                     text_length: int | None = None) -> float:
+    """Useful FLOPs of one training step (forward + backward) of ``stage``; see the module
+    docstring for the model. ``text_length``: the tokens the text tower runs on (the batch's
+    longest text; padding after it is not computed), ``model.context_length`` if not given.
+    Trained parts cost 3x their forward; the frozen text tower of stage 2, 2x (its
+    backward reaches the pseudo-word but no weight gradient)."""
+    trained, frozen = _forward_flops(stage, cfg, arch, batch_size, text_length)
+    return 3 * trained + 2 * frozen
 
 
 def forward_pass_flops(stage: str, cfg, arch, batch_size: int,
@@ -160,18 +170,7 @@ def forward_pass_flops(stage: str, cfg, arch, batch_size: int,
     samples: the extra work a step executes beyond ``train_step_flops`` when it caches
     features for accumulation (its first pass) or computes soft targets in a pass of their
     own (stage 1)."""
-    image_size = cfg.model.image_size
-    length = text_length or cfg.model.context_length
-    if stage == "adapt":
-        images = 2 * batch_size + (batch_size if cfg.loss.ss > 0 else 0)
-        return image_tower_flops(arch, image_size, images) + text_tower_flops(arch, length,
-                                                                              batch_size)
-    widths = ([arch.embed_dim] + [cfg.model.middle_dim] * cfg.model.n_layer
-              if cfg.model.mapping_type == "MLP" else [arch.embed_dim])
-    widths.append(arch.text_width)
-    mapping = sum(2 * a * b for a, b in zip(widths, widths[1:])) * batch_size
-    return (image_tower_flops(arch, image_size, 2 * batch_size) + mapping
-            + text_tower_flops(arch, length, batch_size))
+    return sum(_forward_flops(stage, cfg, arch, batch_size, text_length))
 
 
 def executed_step_flops(stage: str, cfg, arch, batch_size: int, accum_steps: int,
