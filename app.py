@@ -6,6 +6,7 @@ both.
     python app.py --checkpoint open_clip.bin --gallery photos/ model.quick_gelu=false
     python app.py --checkpoint CKPT --gallery photos/ --ann ivf    # a big gallery (faiss-cpu)
     python app.py --checkpoint CKPT --gallery photos/ --rerank     # k-reciprocal re-ranking
+    python app.py --onnx market_onnx --gallery photos/   # an ONNX export, run by onnxruntime
     # then open http://127.0.0.1:8000/ in a browser
 
 The page (web/) lets a witness draw or upload a sketch, add feedback sentences one round at
@@ -13,7 +14,7 @@ a time and see the best photos re-ranked after every change. A stage-2 checkpoin
 the sketch with the text; a stage-1 checkpoint or plain CLIP weights search by the sketch
 alone or by the text alone, never both (any model searches by text alone). The page talks
 to a small JSON API served here with the standard library's ``http.server``; the gallery
-index and the queries are those of ``search.py`` (``engine.gallery.SearchEngine``):
+index and the queries are those of ``search.py`` (``engine.api.Retriever``):
 
     POST /api/search   {"sketch": "<PNG/JPEG, base64 or data URL>", "feedback": [...],
                         "topk": 10}    (a sketch, feedback or both; null is the same as absent)
@@ -53,7 +54,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
-from engine.gallery import add_engine_arguments, check_engine_arguments, engine_from_args
+from engine.api import (
+    add_retriever_arguments,
+    check_retriever_arguments,
+    index_from_args,
+    retriever_from_args,
+)
 from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logging
 
@@ -268,14 +274,15 @@ def check_topk(value) -> int:
 
 # ------------------------------------------------------------------------------ the API
 class SearchAPI:
-    """The JSON API and the page over one ``SearchEngine`` (whose index is only read):
-    ``answer(request)`` returns an ``Answer`` or raises ``RequestError``. With
-    ``loopback_only`` (a server on a loopback address) the Host header is checked."""
+    """The JSON API and the page over one ``engine.api.Retriever`` with a gallery folder
+    (whose index is only read): ``answer(request)`` returns an ``Answer`` or raises
+    ``RequestError``. With ``loopback_only`` (a server on a loopback address) the Host
+    header is checked."""
 
-    def __init__(self, engine, loopback_only: bool = True, web_dir: Path = WEB_DIR):
-        self.engine = engine
-        self.gallery_root = Path(engine.gallery).resolve()
-        self.photo_ids = frozenset(engine.paths)
+    def __init__(self, retriever, loopback_only: bool = True, web_dir: Path = WEB_DIR):
+        self.retriever = retriever
+        self.gallery_root = Path(retriever.gallery.folder).resolve()
+        self.photo_ids = frozenset(retriever.paths)
         self.loopback_only = loopback_only
         self.web_dir = Path(web_dir)
 
@@ -312,21 +319,21 @@ class SearchAPI:
             raise RequestError(400, NO_QUERY)
         sketch = decode_sketch(request["sketch"]) if given else None
         try:
-            self.engine.check_query(given, feedback)  # a stage-1 model: not both
+            self.retriever.check_query(given, feedback)  # a stage-1 model: not both
         except UserError as error:
             raise RequestError(400, str(error)) from None
-        ranking = self.engine.search(sketch, feedback, topk)  # under the engine's lock
+        ranking = self.retriever.search(sketch, feedback, topk=topk)  # under its lock
         results = [{"rank": rank, "id": path, "score": round(score, 6)}
                    for rank, (path, score) in enumerate(ranking, start=1)]
         mode = "composed" if given and feedback else "sketch" if given else "text"
-        query = ("the sketch (image tower)" if mode == "sketch" and not self.engine.composes
-                 else self.engine.query_text(feedback, sketch=given))
+        query = ("the sketch (image tower)" if mode == "sketch" and not self.retriever.composes
+                 else self.retriever.query_text(feedback, sketch=given))
         return {"results": results, "query": query, "mode": mode}
 
     def health(self) -> dict:
         """What the page adapts to: whether the model composes a sketch with text."""
-        return {"ok": True, "gallery": len(self.photo_ids), "composes": self.engine.composes,
-                "model": self.engine.kind}
+        return {"ok": True, "gallery": len(self.photo_ids),
+                "composes": self.retriever.composes, "model": self.retriever.kind}
 
     def photo(self, query: dict) -> Answer:
         """The photo ``query["id"]`` names: listed in the index, and still inside the
@@ -372,14 +379,14 @@ class SearchAPI:
 
 # ------------------------------------------------------------------------ the HTTP layer
 class AppServer(ThreadingHTTPServer):
-    """Serves one ``SearchEngine`` through a ``SearchAPI``."""
+    """Serves one ``Retriever`` through a ``SearchAPI``."""
 
     daemon_threads = True
 
-    def __init__(self, engine, host: str, port: int, verbose: bool = False):
+    def __init__(self, retriever, host: str, port: int, verbose: bool = False):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.engine = engine
-        self.api = SearchAPI(engine, loopback_only=is_loopback(host))
+        self.retriever = retriever
+        self.api = SearchAPI(retriever, loopback_only=is_loopback(host))
         self.verbose = verbose
         super().__init__((host, port), AppHandler)
 
@@ -389,12 +396,12 @@ class AppServer(ThreadingHTTPServer):
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def make_server(engine, host: str = "127.0.0.1", port: int = 8000,
+def make_server(retriever, host: str = "127.0.0.1", port: int = 8000,
                 verbose: bool = False) -> ThreadingHTTPServer:
-    """A server for ``engine`` bound to ``host:port`` (port 0: a free one), not yet serving:
-    call ``serve_forever()`` (in a thread if you like), then ``shutdown()`` and
-    ``server_close()``."""
-    return AppServer(engine, host, port, verbose)
+    """A server for ``retriever`` (indexed, a gallery folder) bound to ``host:port`` (port 0:
+    a free one), not yet serving: call ``serve_forever()`` (in a thread if you like), then
+    ``shutdown()`` and ``server_close()``."""
+    return AppServer(retriever, host, port, verbose)
 
 
 class AppHandler(BaseHTTPRequestHandler):
@@ -546,29 +553,29 @@ def stop_on_signals() -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_engine_arguments(parser)
+    add_retriever_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
     parser.add_argument("--verbose", action="store_true",
                         help="log every request (default: only refused or failed ones)")
     args = parser.parse_args(argv)
-    check_engine_arguments(parser, args)
+    check_retriever_arguments(parser, args)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
     setup_logging(None)
     logging.getLogger().setLevel(logging.WARNING)
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
-    engine = engine_from_args(args)
+    retriever = index_from_args(retriever_from_args(args), args)
     try:
-        server = make_server(engine, args.host, args.port, args.verbose)
+        server = make_server(retriever, args.host, args.port, args.verbose)
     except OSError as error:
         raise UserError(f"cannot listen on {args.host}:{args.port}: "
                         f"{error.strerror or error}") from None
     reach = (f"bound to {args.host} only" if is_loopback(args.host)
              else f"listening on {args.host}: other machines may reach it")
-    print(f"serving {server.url} (gallery: {len(engine.paths)} photos; {reach})", flush=True)
+    print(f"serving {server.url} (gallery: {len(retriever.paths)} photos; {reach})", flush=True)
     stop_on_signals()
     try:
         server.serve_forever()

@@ -32,7 +32,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.models import load_for_inference
+from engine.models import checkpoint_file, load_for_inference
 from engine.onnx_export import check_out_folder, export_onnx
 from engine.onnx_runtime import import_onnxruntime
 from utils.checkpoint import load_checkpoint, save_atomic, sidecar
@@ -59,21 +59,6 @@ def weights_of(checkpoint: dict, results: dict | None = None, half: bool = False
     if results is not None:
         exported["results"] = results
     return exported
-
-
-def source_checkpoint(path: Path) -> Path:
-    """A checkpoint file, or a run folder's ``checkpoint_best.pth``."""
-    if path.is_dir():
-        best = path / "checkpoint_best.pth"
-        if best.is_file():
-            return best
-        if any(path.glob("trial_*/checkpoint_best.pth")):
-            raise UserError(f"{path} is a run folder of trials: export each "
-                            f"{path / 'trial_<t>' / 'checkpoint_best.pth'} on its own")
-        raise UserError(f"{path} holds no checkpoint_best.pth; give a checkpoint file")
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    return path
 
 
 def write(exported: dict, out: Path) -> list:
@@ -122,7 +107,7 @@ def main(argv=None) -> list:
         return export_onnx_folder(args)
     if args.overrides:
         raise UserError(f"{args.overrides[0]}: KEY=VALUE overrides apply to --format onnx only")
-    source = source_checkpoint(Path(args.source))
+    source = checkpoint_file(Path(args.source))
     checkpoint = load_checkpoint(source)
     results_path = source.parent / "results.json"
     results = json.loads(results_path.read_text(encoding="utf-8")) \
@@ -144,7 +129,7 @@ def export_onnx_folder(args) -> list:
     import_onnxruntime(for_export=True)
     out = Path(args.out)
     check_out_folder(out)  # before the model is loaded
-    source = source_checkpoint(Path(args.source))
+    source = checkpoint_file(Path(args.source))
     loaded = load_for_inference(source, args.overrides)
     stage = "clip" if loaded.zero_shot else loaded.stage.name
     differences = export_onnx(loaded.model, loaded.cfg, stage, source, out)

@@ -1,10 +1,7 @@
-"""Searching a folder of photos with a sketch, text, or both: the gallery index and the query
-engine shared by ``search.py`` and ``app.py``.
-
-What a model can do: a stage-2 checkpoint composes a sketch with text ("a photo of * , and
-<text>"; a sketch alone is "a photo of *") and searches by text alone; a stage-1 checkpoint
-or plain CLIP weights (zero-shot) search by a sketch alone (the image tower) or by text
-alone (the text tower).
+"""A gallery of photos embedded once and searched by query features: the index folder of a
+gallery folder (built, resumed, updated, read memory-mapped), or a list of photos held in
+memory; exact search, FAISS search and k-reciprocal re-ranking. ``engine.api.Retriever``
+adds the model that embeds the photos and the queries.
 
 The gallery index is a folder (format 2)::
 
@@ -42,28 +39,20 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 
 from datasets.base import IMAGE_SUFFIXES
-from datasets.transforms import eval_transform
-from engine.evaluation import encode_images, rerank_setting
-from engine.models import load_for_inference
-from model.token import TokenModel, join_feedback
-from model.tokenizer import tokenize
 from utils.checkpoint import UNREADABLE_FILE_ERRORS, save_atomic
-from utils.distributed import barrier, is_main, rank, resolve_device, world_size
+from utils.distributed import barrier, is_main, rank, world_size
 from utils.errors import UserError
-from utils.precision import autocast, inference_dtype
 from utils.rerank import gallery_neighbours, rerank_queries
 
 try:  # POSIX: one process at a time updates an index; elsewhere the last rename wins
@@ -96,55 +85,12 @@ def file_signature(path: Path) -> list:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def add_engine_arguments(parser) -> None:
-    """The command-line options of a ``SearchEngine`` (search.py and app.py share them)."""
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint of either stage (stage 2 composes sketch and text), "
-                        "an export, or plain CLIP weights")
-    parser.add_argument("--gallery", required=True, help="folder of photos (searched recursively)")
-    parser.add_argument("--index", help="gallery index folder (default: beside the checkpoint); "
-                        "an index file of the earlier format there is converted")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--ann", choices=ANN_KINDS,
-                        help="approximate search with FAISS (pip install faiss-cpu): an IVF or "
-                        "an HNSW index, built beside the features once (default: exact search)")
-    parser.add_argument("--ann-nprobe", type=int, default=AnnSettings.nprobe, metavar="N",
-                        help=f"--ann ivf: lists searched per query (default {AnnSettings.nprobe})")
-    parser.add_argument("--ann-ef", type=int, default=AnnSettings.ef_search, metavar="N",
-                        help="--ann hnsw: candidates kept while searching (efSearch, default "
-                        f"{AnnSettings.ef_search})")
-    parser.add_argument("--rerank", action="store_true",
-                        help="k-reciprocal re-ranking (test.rerank_k1, test.rerank_k2, "
-                        "test.rerank_lambda) with the gallery's neighbour lists, computed once "
-                        "and stored in the index (a G x G search: galleries of up to ~100k)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. model.quick_gelu=false for an open_clip file")
-
-
-def check_engine_arguments(parser, args) -> None:
-    """``parser.error`` for option values no engine accepts."""
-    if args.ann_nprobe < 1 or args.ann_ef < 1:
-        parser.error("--ann-nprobe and --ann-ef must be at least 1")
-    if args.rerank and args.ann:
-        parser.error("--rerank ranks the whole gallery exactly; leave out --ann")
-
-
-def engine_from_args(args, device=None, **options) -> SearchEngine:
-    """The ``SearchEngine`` the shared command-line options describe (``device``: a
-    ``torch.device`` chosen by the caller, e.g. under torchrun, instead of ``--device``;
-    ``options``: more keyword arguments of ``SearchEngine``)."""
-    ann = AnnSettings(args.ann, nprobe=args.ann_nprobe, ef_search=args.ann_ef) \
-        if args.ann else None
-    return SearchEngine(args.checkpoint, args.gallery, args.index,
-                        args.device if device is None else device, overrides=args.overrides,
-                        ann=ann, rerank=args.rerank, **options)
-
-
-def default_index_path(checkpoint: Path, gallery: Path) -> Path:
-    """``<run dir>/gallery_index/<gallery name>-<hash of its absolute path>`` (a folder)."""
+def default_index_path(model_file: Path, gallery: Path) -> Path:
+    """``<folder of model_file>/gallery_index/<gallery name>-<hash of its absolute path>``
+    (a folder): beside a checkpoint, or inside an ONNX export (``model_file``: its
+    config.json)."""
     digest = hashlib.sha1(str(gallery.resolve()).encode()).hexdigest()[:10]
-    return checkpoint.resolve().parent / "gallery_index" / f"{gallery.name}-{digest}"
+    return model_file.resolve().parent / "gallery_index" / f"{gallery.name}-{digest}"
 
 
 # ------------------------------------------------------------------------ index files
@@ -710,113 +656,53 @@ def load_or_build_neighbours(stored: GalleryIndex, gallery_feats: torch.Tensor, 
     return neighbours
 
 
-# ---------------------------------------------------------------------------- engine
-class SearchEngine:
-    """A model and the embedded photos of one gallery folder.
+# ------------------------------------------------------------------- an indexed gallery
+class IndexedGallery:
+    """Embedded photos, ranked for query features: exactly, by a FAISS index (``ann``), or by
+    k-reciprocal re-ranking (``rerank``: (k1, k2, lambda), with the gallery's neighbour
+    lists). ``from_folder`` keeps them in an index folder, ``from_files`` in memory. Under
+    torchrun only the main process holds them (``paths`` is empty elsewhere)."""
 
-    Queries run under a lock, so one engine can serve concurrent requests. Under torchrun
-    (``device`` a ``torch.device`` of this process) every process helps to embed the
-    gallery; only the main one holds the index afterwards (``paths`` is empty elsewhere).
-    """
-
-    def __init__(self, checkpoint: str | Path, gallery: str | Path, index: str | Path | None = None,
-                 device: str | torch.device = "auto", batch_size: int = 64, overrides=(),
-                 ann: AnnSettings | None = None, rerank: bool = False,
-                 num_workers: int | None = 0, save_every: int = SAVE_EVERY):
-        self.checkpoint_path = Path(checkpoint)
-        self.gallery = Path(gallery)
-        if not self.gallery.is_dir():
-            raise UserError(f"gallery folder not found: {self.gallery}")
-        if ann is not None:
-            require_faiss()  # before any embedding
-        loaded = load_for_inference(self.checkpoint_path,
-                                    [f"test.batch_size={batch_size}", *overrides])
-        self.cfg = loaded.cfg
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.model = loaded.model.to(self.device).eval()
-        # A stage-2 model composes a sketch with text; the others search by one or the other.
-        self.composes = isinstance(self.model, TokenModel)
-        self.kind = ("stage-2 checkpoint" if self.composes else
-                     "CLIP (zero-shot)" if loaded.zero_shot else "stage-1 checkpoint")
-        self.transform = eval_transform(self.cfg)
-        self.dtype = inference_dtype(self.device, self.cfg)
-        self.rerank = None  # (k1, k2, lambda)
-        if rerank:  # --rerank: test.rerank's setting, checked as test.py checks it
-            self.cfg.test.rerank = True
-            setting = rerank_setting(self.cfg)
-            self.rerank = setting["k1"], setting["k2"], setting["lambda"]
-        # Data-loading processes while embedding (None: data.num_workers, for big builds).
-        self.num_workers = self.cfg.data.num_workers if num_workers is None else num_workers
-        # What the stored features depend on: the weights (this file), how images are
-        # prepared and the precision.
-        signature = file_signature(self.checkpoint_path)
-        self.model_key = (f"{self.checkpoint_path.resolve()}:{signature[0]}:{signature[1]}:"
-                          f"{list(self.cfg.model.image_size)}:{self.cfg.data.normalize}:"
-                          f"{self.cfg.data.test_interpolation}:{self.dtype}")
-        self.index_path = Path(index) if index else default_index_path(self.checkpoint_path,
-                                                                       self.gallery)
-        # The old default index was a file beside the new default folder.
-        legacy = None if index else self.index_path.with_name(self.index_path.name + ".pt")
-        self.index = build_index(self.index_path, self.gallery, self.model_key, self._embed,
-                                 save_every, legacy)
-        self.paths = self.index.paths if self.index is not None else []
-        self.features = self.index.features if self.index is not None else None  # [G, E]
-        self.ann_settings = ann
-        self.ann = load_or_build_ann(self.index, ann) \
-            if ann is not None and self.index is not None else None
-        self.rerank_gallery = self.neighbours = None
-        if self.rerank is not None and self.index is not None:
+    def __init__(self, paths: list, features: torch.Tensor | None, folder: Path | None = None,
+                 index: GalleryIndex | None = None, ann: AnnSettings | None = None,
+                 rerank: tuple | None = None):
+        self.paths = paths        # what results name: relative to ``folder``, or as given
+        self.features = features  # [G, E] float16 (memory-mapped from an index folder)
+        self.folder = folder      # the gallery folder; None for a list of files
+        self.index = index        # the committed generation of its index folder
+        self.ann_settings, self.rerank = ann, rerank
+        self.ann = self.neighbours = self.rerank_features = None
+        if features is None:
+            return
+        if ann is not None:  # read from the index folder, or built (and stored there)
+            self.ann = load_or_build_ann(index, ann) if index is not None \
+                else build_ann(features, ann)
+        if rerank is not None:
             # Float32, as re-ranking computes its distances from the features it is given.
-            self.rerank_gallery = self.features.float()  # [G, E]
-            self.neighbours = load_or_build_neighbours(self.index, self.rerank_gallery,
-                                                       self.rerank[0])
-        self.lock = threading.Lock()
+            self.rerank_features = features.float()  # [G, E]
+            self.neighbours = (
+                load_or_build_neighbours(index, self.rerank_features, rerank[0])
+                if index is not None else gallery_neighbours(self.rerank_features, rerank[0]))
 
-    def _embed(self, paths: list) -> torch.Tensor:
-        return encode_images(
-            self.model.encode_image, paths, self.transform, self.device,
-            self.cfg.test.batch_size, num_workers=self.num_workers, desc="gallery",
-            dtype=self.dtype, load_truncated_images=self.cfg.data.load_truncated_images)
+    @classmethod
+    def from_folder(cls, folder: Path, index_path: Path, model_key: str,
+                    embed: Callable[[list], torch.Tensor], save_every: int = SAVE_EVERY,
+                    legacy: Path | None = None, **options) -> IndexedGallery:
+        """The photos under ``folder``, through the index folder ``index_path`` brought up to
+        date by ``build_index`` (``embed(paths)`` -> normalised features [n, E] of new and
+        changed photos); ``options``: ``ann``, ``rerank``."""
+        stored = build_index(index_path, folder, model_key, embed, save_every, legacy)
+        if stored is None:  # not the main process
+            return cls([], None, folder)
+        return cls(stored.paths, stored.features, folder, stored, **options)
 
-    # ------------------------------------------------------------------------- query
-    def query_text(self, feedback: Sequence[str], sketch: bool = True) -> str:
-        """The text the query is encoded from: the composed prompt (stage 2 with a sketch),
-        the feedback alone (no sketch), or "" (a sketch alone, image tower)."""
-        text = join_feedback(feedback)
-        if sketch and self.composes:
-            return self.model.query_text(text)
-        return "" if sketch else text
-
-    def check_query(self, sketch: bool, feedback: Sequence[str]) -> None:
-        """A ``UserError`` for a query this model cannot run."""
-        text = join_feedback(feedback)
-        if not sketch and not text:
-            raise UserError("give a sketch, text feedback, or both")
-        if sketch and text and not self.composes:
-            raise UserError(f"this {self.kind} searches by a sketch or by text, not both; "
-                            "composing them needs a stage-2 checkpoint (train_token.py)")
-
-    @torch.no_grad()
-    def search(self, sketch: Image.Image | None = None, feedback: Sequence[str] = (),
-               topk: int = 10) -> list:
-        """[(gallery-relative path, cosine score)] of the best ``topk`` photos for a sketch,
-        the feedback so far (each entry one round, joined by commas), or both (stage 2:
-        "a photo of * , and <feedback>")."""
-        self.check_query(sketch is not None, feedback)
-        text = join_feedback(feedback)
-        images = None if sketch is None else \
-            self.transform(sketch.convert("RGB")).unsqueeze(0).to(self.device)
-        with self.lock:
-            with autocast(self.device, self.dtype):
-                if images is not None and self.composes:
-                    query = self.model.encode_query(self.model.clip.encode_image(images), [text])
-                elif images is not None:
-                    query = self.model.encode_image(images)
-                else:
-                    tokens = tokenize([text], self.model.clip.context_length).to(self.device)
-                    query = self.model.encode_text(tokens)
-            scores, rows = self.rank(query.float().cpu(), topk)
-        return [(self.paths[i], float(s)) for s, i in zip(scores[0].tolist(), rows[0].tolist())]
+    @classmethod
+    def from_files(cls, paths: list, embed: Callable[[list], torch.Tensor],
+                   **options) -> IndexedGallery:
+        """The image files ``paths``, embedded now and held in memory (float16, as an index
+        folder holds them); ``options``: ``ann``, ``rerank``."""
+        features = embed([Path(path) for path in paths]).to(torch.float16)
+        return cls([str(path) for path in paths], features, **options)
 
     def rank(self, queries: torch.Tensor, topk: int) -> tuple:
         """(scores [Q, k], rows [Q, k]) of the best ``topk`` gallery rows for ``queries``
@@ -824,10 +710,10 @@ class SearchEngine:
         k-reciprocal re-ranking with ``rerank`` (the scores stay cosine similarities)."""
         if self.neighbours is not None:
             _, k2, lambda_value = self.rerank
-            distances = rerank_queries(queries, self.rerank_gallery, self.neighbours, k2,
+            distances = rerank_queries(queries, self.rerank_features, self.neighbours, k2,
                                        lambda_value)  # [Q, G], lower is nearer
             rows = distances.topk(min(topk, distances.shape[1]), dim=1, largest=False).indices
-            picked = self.rerank_gallery[rows.flatten()].view(*rows.shape, -1)  # [Q, k, E]
+            picked = self.rerank_features[rows.flatten()].view(*rows.shape, -1)  # [Q, k, E]
             return torch.einsum("qke,qe->qk", picked, queries), rows
         if self.ann is not None:
             return ann_search(self.ann, self.ann_settings, queries, topk)

@@ -89,16 +89,16 @@ def sketch(synthetic_root):
 
 @pytest.fixture
 def embedded(monkeypatch):
-    """Records how many photos each SearchEngine embeds (one entry per call)."""
-    import engine.gallery
+    """Records how many image files a PyTorch model embeds (one entry per call)."""
+    import engine.models
     counts = []
-    original = engine.gallery.encode_images
+    original = engine.models.encode_images
 
     def counting(encode, paths, *args, **kwargs):
         counts.append(len(paths))
         return original(encode, paths, *args, **kwargs)
 
-    monkeypatch.setattr(engine.gallery, "encode_images", counting)
+    monkeypatch.setattr(engine.models, "encode_images", counting)
     return counts
 
 

@@ -32,7 +32,7 @@ import pytest
 from PIL import Image
 
 import app
-from engine.gallery import SearchEngine
+from engine.api import Retriever
 from utils.config import REPO_ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,7 +63,9 @@ def index_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(market_run, gallery, index_file):
-    return SearchEngine(market_run / "checkpoint_best.pth", gallery, index_file, "cpu")
+    """The retriever of the stage-2 run, the gallery indexed."""
+    checkpoint = market_run / "checkpoint_best.pth"
+    return Retriever.load(checkpoint, device="cpu").index(gallery, index_file)
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +73,10 @@ def engines(engine, stage1_run, tiny_clip_path, gallery, tmp_path_factory):
     """The same gallery searched by each kind of model the app serves."""
     folder = tmp_path_factory.mktemp("indexes")
     return {"stage2": engine,
-            "stage1": SearchEngine(stage1_run / "checkpoint_best.pth", gallery,
-                                   folder / "stage1.pt", "cpu"),
-            "clip": SearchEngine(tiny_clip_path, gallery, folder / "clip.pt", "cpu",
-                                 overrides=["model.image_size=[32,16]"])}
+            "stage1": Retriever.load(stage1_run / "checkpoint_best.pth", device="cpu")
+            .index(gallery, folder / "stage1.pt"),
+            "clip": Retriever.load(tiny_clip_path, ["model.image_size=[32,16]"], device="cpu")
+            .index(gallery, folder / "clip.pt")}
 
 
 @contextlib.contextmanager
@@ -203,7 +205,7 @@ def test_api_search(api, engine, sketch_file, sketch_png_url):
     assert set(payload) == {"results", "query", "mode"}
     assert payload["query"] == "a photo of * , and a young woman, wearing a red top"
     assert payload["mode"] == "composed"
-    direct = engine.search(Image.open(sketch_file), feedback, 5)
+    direct = engine.search(Image.open(sketch_file), feedback, topk=5)
     assert [(r["rank"], r["id"]) for r in payload["results"]] == \
         [(rank, path) for rank, (path, _) in enumerate(direct, start=1)]
     assert all(set(r) == {"rank", "id", "score"} for r in payload["results"])
@@ -246,7 +248,7 @@ def ranked(payload) -> list:
 def ranked_directly(engine, sketch, feedback, topk) -> list:
     """``engine.search`` as the API answers it (scores rounded)."""
     return [(rank, path, round(score, 6)) for rank, (path, score) in
-            enumerate(engine.search(sketch, feedback, topk), start=1)]
+            enumerate(engine.search(sketch, feedback, topk=topk), start=1)]
 
 
 @pytest.mark.parametrize("source", ["stage2", "stage1", "clip"])
@@ -471,8 +473,8 @@ def test_api_photos_changed_since_indexing(tmp_path, sketch_file, monkeypatch):
     (folder / "notes.txt").write_text("not a photo")
     (folder / "notes.jpg").symlink_to(folder / "notes.txt")  # inside, but not a photo
     (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
-    indexed = SimpleNamespace(gallery=folder, paths=["kept.jpg", "gone.jpg", "locked.jpg",
-                                                     "notes.jpg", "loop.jpg"])
+    indexed = SimpleNamespace(gallery=SimpleNamespace(folder=folder),
+                              paths=["kept.jpg", "gone.jpg", "locked.jpg", "notes.jpg", "loop.jpg"])
     api = app.SearchAPI(indexed)
     (folder / "gone.jpg").unlink()
     real_open = os.open
@@ -557,7 +559,7 @@ def test_search_ranks_the_gallery(server, engine, sketch_file, sketch_png_url):
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
     assert all(r["id"] in engine.paths for r in results)
-    direct = engine.search(Image.open(sketch_file), feedback, 5)  # the same code path
+    direct = engine.search(Image.open(sketch_file), feedback, topk=5)  # the same code path
     assert [r["id"] for r in results] == [path for path, _ in direct]
     assert all(math.isclose(r["score"], s, abs_tol=1e-5) for r, (_, s) in zip(results, direct))
 
@@ -573,7 +575,7 @@ def test_search_takes_raw_base64_and_defaults(server, engine, sketch_file):
     status, words = search(server, {"feedback": ["a man", "in a red coat"], "topk": 4})
     assert status == 200 and (words["mode"], words["query"]) == ("text", "a man, in a red coat")
     assert [r["id"] for r in words["results"]] == \
-        [path for path, _ in engine.search(None, ["a man", "in a red coat"], 4)]
+        [path for path, _ in engine.search(None, ["a man", "in a red coat"], topk=4)]
 
 
 def test_photo_health_and_page(server, engine, gallery):
@@ -671,7 +673,7 @@ def test_the_host_check_follows_the_bound_address(engine):
     for host, loopback_only in [("127.0.0.1", True), ("0.0.0.0", False)]:
         httpd = app.make_server(engine, host, 0)
         try:
-            assert httpd.api.loopback_only is loopback_only and httpd.api.engine is engine
+            assert httpd.api.loopback_only is loopback_only and httpd.api.retriever is engine
         finally:
             httpd.server_close()
 
@@ -745,7 +747,7 @@ def test_internal_errors_stay_on_the_server(server, sketch_file, monkeypatch, ca
     def broken(*args, **kwargs):
         raise RuntimeError("secret detail of the failure")
 
-    monkeypatch.setattr(server.engine, "search", broken)
+    monkeypatch.setattr(server.retriever, "search", broken)
     with caplog.at_level(logging.ERROR, logger="app"):
         status, headers, body = call(server, "/api/search",
                                      {"sketch": b64(sketch_file.read_bytes())})

@@ -8,7 +8,7 @@ import torch
 
 import test as test_entry
 from engine import export
-from engine.gallery import SearchEngine
+from engine.api import Retriever
 from utils.checkpoint import load_checkpoint
 
 
@@ -45,8 +45,8 @@ def test_exported_weights_serve_search_and_stage2(market_run, stage1_run, synthe
     export.main([str(market_run / "checkpoint_best.pth"), "--out", str(exported)])
     gallery = synthetic_root / "Market-Sketch-1K" / "photo" / "query"
     sketch = next((synthetic_root / "Market-Sketch-1K" / "sketch").rglob("*.jpg"))
-    ranked = [SearchEngine(path, gallery, index=tmp_path / f"{name}.pt", device="cpu")
-              .search(Image.open(sketch), ["a man"], 5)
+    ranked = [Retriever.load(path, device="cpu").index(gallery, tmp_path / f"{name}.pt")
+              .search(Image.open(sketch), ["a man"], topk=5)
               for name, path in (("a", exported), ("b", market_run / "checkpoint_best.pth"))]
     assert ranked[0] == ranked[1]
     # A stage-1 export starts stage 2 (model.init_from).

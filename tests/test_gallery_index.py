@@ -20,11 +20,12 @@ import torch.nn.functional as F
 
 import app
 import engine.gallery
+import engine.models
 import search
+from engine.api import Retriever
 from engine.gallery import (
     ANN_KINDS,
     AnnSettings,
-    SearchEngine,
     ann_search,
     build_ann,
     default_index_path,
@@ -47,8 +48,13 @@ def checkpoint_of(run):
     return run / "checkpoint_best.pth"
 
 
-def ranking(engine_: SearchEngine, topk: int = 10) -> list:
-    return [path for path, _ in engine_.search(None, [TEXT], topk)]
+def indexed(checkpoint, gallery, index, overrides=(), **options) -> Retriever:
+    """The retriever of ``checkpoint`` on the CPU, ``gallery`` indexed in ``index``."""
+    return Retriever.load(checkpoint, overrides, device="cpu").index(gallery, index, **options)
+
+
+def ranking(retriever: Retriever, topk: int = 10) -> list:
+    return [path for path, _ in retriever.search(None, [TEXT], topk=topk)]
 
 
 def header(folder) -> dict:
@@ -100,16 +106,16 @@ def test_a_format1_index_is_converted_or_rebuilt(market_run, gallery, tmp_path, 
     --index itself: made with this model, its features are taken over without embedding
     anything; made with another, it is removed and the gallery embedded again."""
     checkpoint = checkpoint_of(market_run)
-    reference = SearchEngine(checkpoint, gallery, tmp_path / "reference", "cpu")
+    reference = indexed(checkpoint, gallery, tmp_path / "reference")
     if where == "default":
         index, folder = None, default_index_path(checkpoint, gallery)
         legacy = folder.with_name(folder.name + ".pt")
     else:
         index = folder = legacy = tmp_path / "old-index.pt"
     key = reference.model_key if model == "same" else "another model"
-    write_format1(legacy, key, gallery, reference.paths, reference.features.float())
+    write_format1(legacy, key, gallery, reference.paths, reference.gallery.features.float())
     embedded.clear()
-    converted = SearchEngine(checkpoint, gallery, index, "cpu")
+    converted = indexed(checkpoint, gallery, index)
     assert (folder / "index.json").is_file() and header(folder)["format"] == 2
     assert legacy == folder or not legacy.exists()
     leftovers = [path for path in folder.parent.iterdir()
@@ -124,7 +130,7 @@ def test_a_format1_index_is_converted_or_rebuilt(market_run, gallery, tmp_path, 
         assert any("in an old format and was made with another model" in line
                    for line in log_lines())
     assert converted.paths == reference.paths
-    assert torch.equal(converted.features, reference.features)
+    assert torch.equal(converted.gallery.features, reference.gallery.features)
     assert ranking(converted) == ranking(reference)
 
 
@@ -133,7 +139,7 @@ def test_an_interrupted_build_resumes(market_run, gallery, tmp_path, monkeypatch
     """A build stopped while embedding its third piece keeps the two it saved; the next run
     embeds only the rest, and the index equals one built without a stop."""
     checkpoint, index = checkpoint_of(market_run), tmp_path / "index"
-    original, calls, stop_after = engine.gallery.encode_images, [], [2]
+    original, calls, stop_after = engine.models.encode_images, [], [2]
 
     def embed(encode, paths, *args, **kwargs):
         if len(calls) == stop_after[0]:
@@ -141,25 +147,25 @@ def test_an_interrupted_build_resumes(market_run, gallery, tmp_path, monkeypatch
         calls.append(len(paths))
         return original(encode, paths, *args, **kwargs)
 
-    monkeypatch.setattr(engine.gallery, "encode_images", embed)
+    monkeypatch.setattr(engine.models, "encode_images", embed)
     with pytest.raises(KeyboardInterrupt):
-        SearchEngine(checkpoint, gallery, index, "cpu", save_every=10)
+        indexed(checkpoint, gallery, index, save_every=10)
     assert calls == [10, 10]
     assert len(list((index / "pending").glob("*.npz"))) == 2
     assert not (index / "index.json").exists()
     stop_after[0] = None
-    resumed = SearchEngine(checkpoint, gallery, index, "cpu", save_every=10)
+    resumed = indexed(checkpoint, gallery, index, save_every=10)
     assert calls == [10, 10, 10, 5]  # only the 15 photos not saved yet
     assert "embedding 15 of 35 gallery photos (0 reused from " \
            f"{index}, 20 from an unfinished build)" in log_lines()
     assert names(index) == ["features-g1.npy", "index.json"]  # pending/ removed
-    whole = SearchEngine(checkpoint, gallery, tmp_path / "whole", "cpu", save_every=10)
-    assert resumed.index.files == whole.index.files
-    assert torch.equal(resumed.features, whole.features)
-    assert resumed.features.dtype == torch.float16
+    whole = indexed(checkpoint, gallery, tmp_path / "whole", save_every=10)
+    assert resumed.gallery.index.files == whole.gallery.index.files
+    assert torch.equal(resumed.gallery.features, whole.gallery.features)
+    assert resumed.gallery.features.dtype == torch.float16
     # Each row is its own photo's feature (here embedded in one batch, so only close).
-    direct = resumed._embed([gallery / path for path in resumed.paths])
-    torch.testing.assert_close(resumed.features.float(), direct, atol=1e-3, rtol=0)
+    direct = resumed.encoders.encode_images([gallery / path for path in resumed.paths])
+    torch.testing.assert_close(resumed.gallery.features.float(), direct, atol=1e-3, rtol=0)
 
 
 def test_changed_photos_make_a_new_generation(market_run, gallery, tmp_path, embedded):
@@ -167,8 +173,8 @@ def test_changed_photos_make_a_new_generation(market_run, gallery, tmp_path, emb
     generation advances, and every file of the old one (features, FAISS index, neighbour
     lists) is removed."""
     checkpoint, index = checkpoint_of(market_run), tmp_path / "index"
-    first = SearchEngine(checkpoint, gallery, index, "cpu", ann=AnnSettings("ivf"))
-    SearchEngine(checkpoint, gallery, index, "cpu", rerank=True)
+    first = indexed(checkpoint, gallery, index, ann=AnnSettings("ivf"))
+    indexed(checkpoint, gallery, index, rerank=True)
     assert embedded == [35]
     assert names(index) == ["features-g1.npy", "index.json", "ivf-g1-nlist1.faiss",
                             "neighbours-g1-k1_20.pt"]
@@ -177,20 +183,20 @@ def test_changed_photos_make_a_new_generation(market_run, gallery, tmp_path, emb
     shutil.copy(photos[0], gallery / "cam" / "new_photo.jpg")  # added
     photos[1].unlink()  # removed
     os.utime(photos[2], ns=(1, 1))  # touched: the same bytes, another mtime
-    updated = SearchEngine(checkpoint, gallery, index, "cpu")
+    updated = indexed(checkpoint, gallery, index)
     assert embedded == [35, 2]
     assert header(index)["generation"] == 2
     assert names(index) == ["features-g2.npy", "index.json"]
     assert updated.paths == list_images(gallery)
     assert "cam/new_photo.jpg" in updated.paths and f"cam/{photos[1].name}" not in updated.paths
-    assert [f"cam/{photos[2].name}", photos[2].stat().st_size, 1] in updated.index.files
+    assert [f"cam/{photos[2].name}", photos[2].stat().st_size, 1] in updated.gallery.index.files
     old_row = {path: row for row, path in enumerate(first.paths)}
     kept = [row for row, path in enumerate(updated.paths)
             if path in old_row and path != f"cam/{photos[2].name}"]
     assert len(kept) == 33
-    assert torch.equal(updated.features[kept],
-                       first.features[[old_row[updated.paths[row]] for row in kept]])
-    SearchEngine(checkpoint, gallery, index, "cpu")
+    assert torch.equal(updated.gallery.features[kept],
+                       first.gallery.features[[old_row[updated.paths[row]] for row in kept]])
+    indexed(checkpoint, gallery, index)
     assert embedded == [35, 2] and header(index)["generation"] == 2  # nothing changed
 
 
@@ -215,13 +221,12 @@ def test_indexing_under_torchrun_equals_one_process(market_run, gallery, tmp_pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each process above: sums split over threads round apart
     try:
-        one = SearchEngine(checkpoint, gallery, tmp_path / "one", "cpu", overrides=overrides,
-                           save_every=6)
+        one = indexed(checkpoint, gallery, tmp_path / "one", overrides, save_every=6)
     finally:
         torch.set_num_threads(threads)
     two = read_index(tmp_path / "two", one.model_key)
-    assert two is not None and two.files == one.index.files
-    assert torch.equal(two.features, one.features)
+    assert two is not None and two.files == one.gallery.index.files
+    assert torch.equal(two.features, one.gallery.features)
     assert names(tmp_path / "two") == ["features-g1.npy", "index.json"]
 
 
@@ -258,16 +263,16 @@ def test_ann_index_is_reused_and_rebuilt_when_photos_change(kind, market_run, ga
         return original(features, settings, *args, **kwargs)
 
     monkeypatch.setattr(engine.gallery, "build_ann", counting)
-    exact = SearchEngine(checkpoint, gallery, index, "cpu")
-    first = SearchEngine(checkpoint, gallery, index, "cpu", ann=AnnSettings(kind))
+    exact = indexed(checkpoint, gallery, index)
+    first = indexed(checkpoint, gallery, index, ann=AnnSettings(kind))
     (built,) = index.glob(f"{kind}-g1-*.faiss")
     stamp = built.stat().st_mtime_ns
-    second = SearchEngine(checkpoint, gallery, index, "cpu", ann=AnnSettings(kind))
+    second = indexed(checkpoint, gallery, index, ann=AnnSettings(kind))
     assert builds == [35] and built.stat().st_mtime_ns == stamp  # read, not rebuilt
     # 35 photos: one IVF list, and an HNSW search that keeps 256 candidates, see them all.
     assert ranking(first) == ranking(second) == ranking(exact)
     os.utime(sorted((gallery / "cam").iterdir())[0], ns=(1, 1))
-    SearchEngine(checkpoint, gallery, index, "cpu", ann=AnnSettings(kind))
+    indexed(checkpoint, gallery, index, ann=AnnSettings(kind))
     assert builds == [35, 35]
     assert not built.exists() and len(list(index.glob(f"{kind}-g2-*.faiss"))) == 1
 
@@ -289,16 +294,16 @@ def test_ann_without_faiss_is_one_line_before_embedding(entry, market_run, galle
 
 
 # ------------------------------------------------------------------------- re-ranking
-def reranked(engine_: SearchEngine, text: str = TEXT) -> list:
+def reranked(retriever: Retriever, text: str = TEXT) -> list:
     """The gallery in the order of ``k_reciprocal_rerank`` for ``text``, computed here from
-    scratch on the engine's (stored float16) features."""
-    model = engine_.model
+    scratch on the retriever's (stored float16) features."""
+    model = retriever.encoders.model
     with torch.no_grad():
         query = model.encode_text(tokenize([text], model.clip.context_length))
-    cfg = engine_.cfg.test
-    distances = k_reciprocal_rerank(query, engine_.features.float(), cfg.rerank_k1,
+    cfg = retriever.cfg.test
+    distances = k_reciprocal_rerank(query, retriever.gallery.features.float(), cfg.rerank_k1,
                                     cfg.rerank_k2, cfg.rerank_lambda)[0]
-    return [engine_.paths[row] for row in distances.argsort(stable=True).tolist()]
+    return [retriever.paths[row] for row in distances.argsort(stable=True).tolist()]
 
 
 def test_rerank_ranks_as_k_reciprocal_rerank(market_run, gallery, tmp_path, monkeypatch,
@@ -318,14 +323,14 @@ def test_rerank_ranks_as_k_reciprocal_rerank(market_run, gallery, tmp_path, monk
                          "--index", str(index), "--device", "cpu", "--text", TEXT,
                          "--rerank", "--topk", "35"])
     assert computed == [(35, 20)] and (index / "neighbours-g1-k1_20.pt").is_file()
-    again = SearchEngine(checkpoint, gallery, index, "cpu", rerank=True)
+    again = indexed(checkpoint, gallery, index, rerank=True)
     assert computed == [(35, 20)]  # read from the index
     expected = reranked(again)
     assert [path for path, _ in found] == expected
-    assert [path for path, _ in again.search(None, [TEXT], 5)] == expected[:5]
-    plain = SearchEngine(checkpoint, gallery, index, "cpu")
+    assert [path for path, _ in again.search(None, [TEXT], topk=5)] == expected[:5]
+    plain = indexed(checkpoint, gallery, index)
     assert ranking(plain, 35) != expected  # re-ranking changes this order
-    cosine = dict(plain.search(None, [TEXT], 35))
+    cosine = dict(plain.search(None, [TEXT], topk=35))
     assert all(score == pytest.approx(cosine[path], abs=1e-5) for path, score in found)
     assert f"{1:>4}  {found[0][1]:>7.4f}  {found[0][0]}" in capsys.readouterr().out
 
@@ -333,7 +338,7 @@ def test_rerank_ranks_as_k_reciprocal_rerank(market_run, gallery, tmp_path, monk
 @pytest.mark.slow
 def test_app_with_rerank_serves_reranked_results(market_run, gallery, tmp_path):
     checkpoint, index = checkpoint_of(market_run), tmp_path / "index"
-    expected = reranked(SearchEngine(checkpoint, gallery, index, "cpu", rerank=True))
+    expected = reranked(indexed(checkpoint, gallery, index, rerank=True))
     command = [sys.executable, "app.py", "--checkpoint", str(checkpoint), "--gallery",
                str(gallery), "--index", str(index), "--port", "0", "--device", "cpu",
                "--rerank"]

@@ -222,35 +222,61 @@ def test_export_config_describes_inputs(market_onnx, market_model):
     assert config["graphs"]["image_encoder"]["outputs"]["image_features"]["normalized"] is False
 
 
-def test_onnx_encoders_rank_a_gallery_as_search_does(runtime, market_onnx, market_run, gallery,
-                                                     sketch, tmp_path):
-    """What ``search.py`` would do with the export: gallery features as its index holds them
-    (float16) and queries that find the same photos with the same scores as SearchEngine
-    with the PyTorch model, for a sketch with text, a sketch alone and text alone."""
-    from PIL import Image
+def test_search_with_onnx_equals_pytorch(runtime, market_onnx, market_run, gallery, sketch,
+                                         capsys, restore_logging, embedded):
+    """search.py --onnx DIR finds the photos of search.py --checkpoint, in the same order
+    and with the same scores, for a sketch with feedback, a sketch alone and text alone.
+    Each backend keeps its own index: ONNX features never pass for PyTorch's."""
+    import search
+    from engine.api import Retriever
+    from engine.gallery import default_index_path, read_index
+    from utils.errors import UserError
+    checkpoint = market_run / "checkpoint_best.pth"
+    queries = [["--sketch", str(sketch), "--text", "a man", "--text", "in a red coat"],
+               ["--sketch", str(sketch)], ["--text", "a woman in a red top"]]
+    for query in queries:
+        by_torch = search.main(["--checkpoint", str(checkpoint), "--device", "cpu",
+                                "--gallery", str(gallery), *query])
+        torch_lines = capsys.readouterr().out.splitlines()
+        by_onnx = search.main(["--onnx", str(market_onnx), "--gallery", str(gallery), *query])
+        onnx_lines = capsys.readouterr().out.splitlines()
+        assert len(by_onnx) == 10 and onnx_lines[0] == torch_lines[0]  # "query: ..."
+        assert [path for path, _ in by_onnx] == [path for path, _ in by_torch], query
+        assert np.allclose([score for _, score in by_onnx], [score for _, score in by_torch],
+                           atol=TOLERANCE, rtol=0), query
+    assert embedded == [35]  # PyTorch's index was built once, then reused
+    torch_index = default_index_path(checkpoint, gallery)
+    onnx_index = default_index_path(market_onnx / "config.json", gallery)
+    assert onnx_index.parent.parent == market_onnx and (onnx_index / "index.json").is_file()
+    torch_key = Retriever.load(checkpoint, device="cpu").model_key
+    onnx_retriever = Retriever.load_onnx(market_onnx)
+    assert onnx_retriever.model_key.startswith("onnx:") and onnx_retriever.model_key != torch_key
+    assert read_index(torch_index, torch_key) is not None
+    assert read_index(onnx_index, torch_key) is None  # another model's: rebuilt, not read
+    onnx_retriever.index(gallery, torch_index)  # one --index for both: the last model's
+    assert read_index(torch_index, torch_key) is None
+    assert read_index(torch_index, onnx_retriever.model_key) is not None
+    with pytest.raises(UserError, match=r"^model.image_size=\[32,16\]: an ONNX export keeps"):
+        Retriever.load_onnx(market_onnx, ["model.image_size=[32,16]"])
 
-    from engine.gallery import SearchEngine
-    from engine.onnx_runtime import OnnxEncoders
-    engine = SearchEngine(market_run / "checkpoint_best.pth", gallery, index=tmp_path / "index",
-                          device="cpu")
-    encoders = OnnxEncoders(market_onnx)
-    photos = encoders.encode_images([gallery / path for path in engine.paths])
-    assert (photos - engine.features.float()).abs().max() < 1e-3  # the index keeps float16
-    as_pil = encoders.encode_images([Image.open(gallery / path) for path in engine.paths[:3]])
-    assert (as_pil - photos[:3]).abs().max() < TOLERANCE
-    sketch_raw = encoders.encode_images([Image.open(sketch)], normalize=False)
-    # A stage-2 model searches by a sketch alone with "a photo of *" (no feedback).
-    queries = [(Image.open(sketch), ["a man"], encoders.encode_query(sketch_raw, ["a man"])),
-               (Image.open(sketch), [], encoders.encode_query(sketch_raw, [""])),
-               (None, ["a woman"], encoders.encode_text(["a woman"]))]
-    for image, feedback, query in queries:
-        expected = engine.search(image, feedback, 5)
-        scores, rows = engine.rank(query, 5)
-        assert [engine.paths[row] for row in rows[0]] == [path for path, _ in expected]
-        assert np.allclose(scores[0], [score for _, score in expected], atol=TOLERANCE)
+
+def test_the_app_serves_an_onnx_export(runtime, market_onnx, gallery, tmp_path):
+    import app
+    from engine.api import Retriever
+    retriever = Retriever.load_onnx(market_onnx).index(gallery, tmp_path / "index")
+    api = app.SearchAPI(retriever)
+    health = json.loads(api.answer(app.Request("GET", "/api/health")).body)
+    assert health == {"ok": True, "gallery": 35, "composes": True,
+                      "model": "ONNX export of a stage-2 model"}
+    body = json.dumps({"feedback": ["a red coat"], "topk": 3}).encode()
+    answer = api.answer(app.Request("POST", "/api/search", {
+        "Content-Type": "application/json", "Content-Length": str(len(body))}, body))
+    results = json.loads(answer.body)["results"]
+    assert [result["id"] for result in results] == \
+        [path for path, _ in retriever.search(text="a red coat", topk=3)]
 
 
-def test_missing_onnx_is_one_line(market_run, tmp_path, capsys, monkeypatch):
+def test_missing_onnx_is_one_line(market_run, tmp_path, capsys, monkeypatch, restore_logging):
     from engine.onnx_runtime import OnnxEncoders
     from utils.errors import UserError
     out = tmp_path / "onnx"
@@ -264,6 +290,12 @@ def test_missing_onnx_is_one_line(market_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError, match=r"pip install onnxruntime\)$"):
         OnnxEncoders(tmp_path)
+    import search
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--onnx", str(tmp_path), "--gallery", str(tmp_path), "--text", "a man"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: running ONNX encoders needs onnxruntime "
+                                       "(pip install onnxruntime)\n")
 
 
 def test_onnx_export_never_overwrites(runtime, market_run, tmp_path, capsys, monkeypatch):

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 import search
-from engine.gallery import SearchEngine, default_index_path
+from engine.api import Retriever
+from engine.gallery import default_index_path
 from utils.config import REPO_ROOT
 
 # search.main sets up logging on the captured standard output.
@@ -37,15 +38,15 @@ def test_index_is_reused_and_updated_incrementally(market_run, gallery, sketch, 
                                                    embedded):
     checkpoint, index = market_run / "checkpoint_best.pth", tmp_path / "index.pt"
     photos = sorted((gallery / "cam").iterdir())
-    first = SearchEngine(checkpoint, gallery, index, "cpu")
+    first = Retriever.load(checkpoint, device="cpu").index(gallery, index)
     assert embedded == [len(photos)]
-    SearchEngine(checkpoint, gallery, index, "cpu")
+    Retriever.load(checkpoint, device="cpu").index(gallery, index)
     assert embedded == [len(photos)]  # nothing re-embedded
     shutil.copy(photos[0], gallery / "cam" / "new_photo.jpg")  # added
     photos[1].unlink()  # removed
     photos[2].write_bytes(photos[3].read_bytes())  # changed
     os.utime(photos[2], ns=(1, 1))
-    updated = SearchEngine(checkpoint, gallery, index, "cpu")
+    updated = Retriever.load(checkpoint, device="cpu").index(gallery, index)
     assert embedded[-1] == 2
     assert "cam/new_photo.jpg" in updated.paths and f"cam/{photos[1].name}" not in updated.paths
     from datasets.base import read_image
@@ -113,20 +114,20 @@ def test_any_model_searches_by_sketch_alone_and_text_alone(source, stage1_run, m
     checkpoint = {"stage1": stage1_run / "checkpoint_best.pth", "clip": tiny_clip_path,
                   "stage2": market_run / "checkpoint_best.pth"}[source]
     extra = ["model.image_size=[32,16]"] if source == "clip" else []
-    engine_ = SearchEngine(checkpoint, gallery, tmp_path / "i.pt", device="cpu",
-                           overrides=extra)
-    assert engine_.composes == (source == "stage2")
-    model, image = engine_.model, Image.open(sketch)
+    retriever = Retriever.load(checkpoint, extra, device="cpu").index(gallery, tmp_path / "i.pt")
+    assert retriever.composes == (source == "stage2")
+    model, image = retriever.encoders.model, Image.open(sketch)
+    features = retriever.gallery.features
     with torch.no_grad():
         tokens = tokenize(["a woman in a red top"], model.clip.context_length)
         by_text = model.encode_text(tokens)
-        pixels = engine_.transform(image.convert("RGB")).unsqueeze(0)
+        pixels = retriever.encoders.transform(image.convert("RGB")).unsqueeze(0)
         by_sketch = (model.encode_query(model.clip.encode_image(pixels), [""])
                      if source == "stage2" else model.encode_image(pixels))
-    assert [p for p, _ in engine_.search(None, ["a woman in a red top"], 5)] == \
-        _direct_ranking(model, engine_.features, by_text, engine_.paths)
-    assert [p for p, _ in engine_.search(image, [], 5)] == \
-        _direct_ranking(model, engine_.features, by_sketch, engine_.paths)
+    assert [p for p, _ in retriever.search(None, ["a woman in a red top"], topk=5)] == \
+        _direct_ranking(model, features, by_text, retriever.paths)
+    assert [p for p, _ in retriever.search(image, [], topk=5)] == \
+        _direct_ranking(model, features, by_sketch, retriever.paths)
     search.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery), "--text",
                  "a woman in a red top", "--device", "cpu", "--index", str(tmp_path / "i.pt"),
                  "--out", str(tmp_path / "text.png"), *extra])
