@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 OUT=${OUT:-outputs/demo}
 DATA=${DATA:-data/demo}
 SCALE=${DEMO_SCALE:-1.0}
-ADAPT_EPOCHS=${ADAPT_EPOCHS:-30}
+ADAPT_EPOCHS=${ADAPT_EPOCHS:-40}
 TOKEN_EPOCHS=${TOKEN_EPOCHS:-60}
 # One compute thread: the other core prepares the batches (about a quarter faster on 2 cores).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -183,6 +183,7 @@ class TrainSample:
     sketch: Path | None  # None: no sketch (a manifest row may have only captions)
     captions: tuple = ()  # one is drawn per use (stage 1)
     captions_bt: tuple = ()  # back-translated captions, drawn with probability backtrans_p
+    feedback: tuple = ()  # the words a person adds to this sketch (stage 2, loss.composed)
 
 
 @dataclasses.dataclass
@@ -216,13 +217,18 @@ class EvalSet:
 
 class PairDataset(Dataset):
     """Yields ``{"photo", "sketch", "tokens", "label"}`` (``sketch`` with ``with_sketch``,
-    ``tokens`` with ``with_text``); tokenisation happens here, not in the model."""
+    ``tokens`` with ``with_text``); tokenisation happens here, not in the model.
+
+    ``feedback_query``: tokens of a composed query instead of a caption (stage 2): one of
+    the sample's feedback texts is drawn and ``feedback_query(text, rng)`` gives the query's
+    text (e.g. ``datasets.captions.FeedbackQuery``).
+    """
 
     def __init__(self, samples: Sequence[TrainSample], photo_transform: Callable,
                  sketch_transform: Callable, context_length: int = 77,
                  backtrans_p: float = 0.0, with_text: bool = True, with_view: bool = False,
                  with_caption: bool = False, load_truncated_images: bool = True,
-                 with_sketch: bool = True):
+                 with_sketch: bool = True, feedback_query: Callable | None = None):
         if not samples:
             raise DatasetError("the training split is empty")
         self.samples = list(samples)
@@ -234,6 +240,7 @@ class PairDataset(Dataset):
         self.with_view = with_view  # a second augmented photo (SimCLR self-supervision)
         self.with_caption = with_caption
         self.load_truncated_images = load_truncated_images  # see ``read_image``
+        self.feedback_query = feedback_query
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -256,7 +263,10 @@ class PairDataset(Dataset):
             item["label"] = torch.tensor(sample.label)
             if self.with_view:
                 item["photo_view"] = self.photo_transform(self._read(rng.choice(sample.photos)))
-        if self.with_text:
+        if self.feedback_query is not None:
+            text = self.feedback_query(rng.choice(sample.feedback), rng)
+            item["tokens"] = tokenize(text, self.context_length)[0]
+        elif self.with_text:
             use_bt = bool(sample.captions_bt) and rng.random() < self.backtrans_p
             caption = rng.choice(sample.captions_bt if use_bt else sample.captions)
             item["tokens"] = tokenize(caption, self.context_length)[0]

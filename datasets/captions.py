@@ -1,8 +1,12 @@
 """Caption text: the cleaning applied to PEDES captions, and the clauses that make the
-rounds of simulated text feedback."""
+rounds of simulated text feedback, and the composed queries stage 2 may train on."""
 from __future__ import annotations
 
+import dataclasses
+import random
 import re
+
+from model.token import compose_query
 
 # The punctuation that the paper's code (after TBPS-CLIP) turns into spaces.
 _STRIPPED = re.compile(r"[.!\"()*#:;~]")
@@ -63,3 +67,24 @@ def feedback_rounds(text: str, rounds: int) -> list:
     first r clauses of ``text``; from the last clause on, the whole text."""
     pieces = clause_pieces(text)
     return [" ".join(pieces[:count]) for count in range(rounds + 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackQuery:
+    """A training sketch's feedback -> the text of its composed query, "a photo of * , and
+    {feedback}" (``template``, ``sketch_prompt``: ``model.prompt``, ``model.sketch_prompt``).
+
+    ``clauses``: ``all`` keeps the whole feedback; ``rounds`` keeps its first r clauses
+    (``clause_pieces``), r drawn uniformly from 1 to all, so that training sees every
+    round of feedback that ``test.rounds`` simulates.
+    """
+
+    template: str
+    sketch_prompt: str
+    clauses: str = "all"
+
+    def __call__(self, feedback: str, rng: random.Random) -> str:
+        if self.clauses == "rounds":
+            pieces = clause_pieces(feedback)
+            feedback = " ".join(pieces[:rng.randint(1, len(pieces))]) if pieces else ""
+        return compose_query(self.template, feedback, self.sketch_prompt)

@@ -520,7 +520,8 @@ def train_samples(path: Path, sketch_pairing: str = "own", clean: bool = True) -
             samples.append(TrainSample(
                 labels[person], photos,
                 row.sketches[index % len(row.sketches)] if row.sketches else None,
-                (captions[index % len(captions)],) if captions else ()))
+                (captions[index % len(captions)],) if captions else (),
+                feedback=(row.feedback,) if row.feedback else tuple(row.captions[:1])))
     if not samples:
         raise DatasetError(f"{path}: none of the {len(rows)} train rows has sketches or "
                            "captions; stage 1 learns from at least one of them (stage 2 from "

@@ -198,10 +198,23 @@ def train_samples(root: Path) -> list:
             raise DatasetError(f"training sketch {sketch} has no training photo of person "
                                f"{pid:04d} in {folder / 'photo' / 'train'}")
     labels = {pid: label for label, pid in enumerate(sorted(set(ids)))}
-    samples = [TrainSample(labels[pid], tuple(photos_of[pid]), sketch, ())
+    feedback = training_feedback(folder, set(ids))
+    samples = [TrainSample(labels[pid], tuple(photos_of[pid]), sketch, (),
+                           feedback=feedback.get(pid, ()))
                for sketch, pid in zip(sketches, ids)]
     log.info("Market-Sketch-1K train: %d sketches of %d people", len(samples), len(labels))
     return samples
+
+
+def training_feedback(folder: Path, ids: set) -> dict:
+    """``{person id: (sentence,)}``: the feedback sentence of each training person, for a
+    stage 2 that trains composed queries (``loss.composed``); empty without the attribute
+    file, whose absence only the test split requires."""
+    path = folder / ATTRIBUTE_FILE
+    if not path.is_file():
+        return {}
+    attributes = read_attributes(path)
+    return {pid: (feedback_sentence(attributes[pid]),) for pid in ids if pid in attributes}
 
 
 def eval_set(root: Path, split: str) -> EvalSet:

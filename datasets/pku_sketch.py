@@ -379,7 +379,7 @@ def train_samples(root: Path, trial, seed, reference_indexing: bool = False) -> 
                                f"has no training photo of person {pid}")
     labels = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in sketches}))}
     samples = [TrainSample(labels[pid], tuple(photos_of[pid]), path,
-                           tuple(captions.get(pid, ())))
+                           tuple(captions.get(pid, ())), feedback=tuple(captions.get(pid, ())))
                for path, pid, _ in sketches]
     if reference_indexing:
         ordered = sorted(samples, key=lambda sample: sample.label)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import datasets as data_registry
 from datasets.base import PairDataset, drop_bad_images_from_eval_set, drop_samples_with_bad_images
-from datasets.captions import feedback_rounds
+from datasets.captions import FeedbackQuery, feedback_rounds
 from datasets.mixgen import MixGenCollate
 from datasets.transforms import eval_transform, train_transform
 from engine.evaluation import METRICS, encode_images, encode_texts, retrieval, similarity_scores
@@ -85,15 +85,17 @@ class Stage:
         return samples
 
     def pair_dataset(self, cfg, samples: list, with_text: bool, with_view: bool = False,
-                     with_caption: bool = False) -> PairDataset:
+                     with_caption: bool = False, feedback_query=None) -> PairDataset:
         """A ``PairDataset`` of ``samples``; sketches and captions are loaded when every
-        sample has them (captions only when ``with_text``)."""
+        sample has them (captions only when ``with_text``); ``feedback_query``: see
+        ``PairDataset``."""
         with_text = with_text and all(sample.captions for sample in samples)
         return PairDataset(samples, train_transform(cfg), train_transform(cfg, sketch=True),
                            cfg.model.context_length, cfg.data.backtrans_p, with_text, with_view,
                            with_caption and with_text,
                            load_truncated_images=cfg.data.load_truncated_images,
-                           with_sketch=all(sample.sketch is not None for sample in samples))
+                           with_sketch=all(sample.sketch is not None for sample in samples),
+                           feedback_query=feedback_query)
 
     def training_samples(self, cfg, trial=None) -> list:
         """``usable_samples`` of the dataset's training split."""
@@ -323,10 +325,15 @@ class TokenStage(Stage):
     datasets = data_registry.names_for("token")
 
     def train_dataset(self, cfg, trial=None) -> PairDataset:
-        return self.pair_dataset(cfg, self.training_samples(cfg, trial), with_text=False)
+        samples = self.training_samples(cfg, trial)  # may turn loss.composed off: read after
+        query = (FeedbackQuery(cfg.model.prompt, cfg.model.sketch_prompt,
+                               cfg.loss.composed_clauses) if cfg.loss.composed > 0 else None)
+        return self.pair_dataset(cfg, samples, with_text=False, feedback_query=query)
 
     def usable_samples(self, cfg, samples: list) -> list:
-        """The samples with a sketch (all, for the named datasets); none is an error."""
+        """The samples with a sketch (all, for the named datasets); none is an error. With
+        ``loss.composed``, only those with feedback, or the term off (with a line in the
+        log) where no sample has any."""
         kept = [sample for sample in samples if sample.sketch is not None]
         source = data_registry.source(cfg)
         if samples and not kept:
@@ -335,6 +342,20 @@ class TokenStage(Stage):
         if len(kept) < len(samples):
             log.warning("%s: %d of %d training samples have no sketch and are left out of "
                         "stage 2", source, len(samples) - len(kept), len(samples))
+        if cfg.loss.composed > 0:
+            if cfg.loss.composed_clauses not in ("rounds", "all"):
+                raise ConfigError(f"loss.composed_clauses={cfg.loss.composed_clauses!r} is not "
+                                  "one of rounds, all")
+            with_feedback = [sample for sample in kept if sample.feedback]
+            if not with_feedback:
+                log.warning("loss.composed=%g turned off (set to 0): no training sketch of %s "
+                            "has feedback", cfg.loss.composed, source)
+                cfg.loss.composed = 0.0
+            elif len(with_feedback) < len(kept):
+                log.warning("%s: %d of %d training sketches have no feedback and are left out "
+                            "(loss.composed needs it)", source,
+                            len(kept) - len(with_feedback), len(kept))
+                kept = with_feedback
         return kept
 
     def eval_sets(self, cfg, split: str, trial=None) -> list:

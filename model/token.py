@@ -76,7 +76,8 @@ class TokenModel(RetrievalModel):
                 raise ConfigError(f"prompt {text!r} must contain the word {PLACEHOLDER} exactly "
                                   f"once, with spaces around it (e.g. 'a photo of * , and {{}}')")
         self.weights = {"inversion": float(loss_cfg.inversion),
-                        "alignment": float(loss_cfg.alignment)}
+                        "alignment": float(loss_cfg.alignment),
+                        "composed": float(loss_cfg.composed)}
         # Cut after its end-of-text token here, once, so that a training step reads nothing
         # back from the device to cut it (``CLIP.trim_padding``).
         self.register_buffer("prompt_tokens", trim_to_bucket(
@@ -108,18 +109,23 @@ class TokenModel(RetrievalModel):
         return self.losses(self.features(batch))
 
     def features(self, batch: dict) -> dict:
-        """Normalised features [B, E] of one (micro-)batch: sketch, photo, and the query
-        "a photo of *" composed from the sketch."""
+        """Normalised features [B, E] of one (micro-)batch: sketch, photo, the query
+        "a photo of *" composed from the sketch and, with ``loss.composed``, the composed
+        queries with feedback whose tokens the batch holds."""
         batch_size = batch["sketch"].shape[0]
         raw = self.clip.encode_image(torch.cat([batch["sketch"], batch["photo"]]))
         sketch_raw, photo_raw = raw[:batch_size], raw[batch_size:]
         query = self.compose(sketch_raw, self.prompt_tokens.expand(batch_size, -1))
-        return {"sketch": F.normalize(sketch_raw, dim=-1),
-                "photo": F.normalize(photo_raw, dim=-1), "query": query}
+        feats = {"sketch": F.normalize(sketch_raw, dim=-1),
+                 "photo": F.normalize(photo_raw, dim=-1), "query": query}
+        if self.weights["composed"] > 0 and "tokens" in batch:
+            feats["composed"] = self.compose(sketch_raw, batch["tokens"])
+        return feats
 
     def losses(self, feats: dict, labels: torch.Tensor | None = None) -> dict:
         """Inversion (sketch <-> query) and alignment (photo <-> query) over the global
-        batch; each sketch's positive is its own query (``labels`` are not used)."""
+        batch, and with ``loss.composed`` the composed query with feedback <-> photo; each
+        sketch's positive is its own query (``labels`` are not used)."""
         sketches, photos, queries = (gather_with_grad(feats[key])
                                      for key in ("sketch", "photo", "query"))
         scale = self.logit_scale()
@@ -130,4 +136,7 @@ class TokenModel(RetrievalModel):
         if self.weights["alignment"] > 0:
             losses["alignment_loss"] = self.weights["alignment"] * info_nce_loss(
                 photos, queries, scale)
+        if "composed" in feats:
+            losses["composed_loss"] = self.weights["composed"] * info_nce_loss(
+                photos, gather_with_grad(feats["composed"]), scale)
         return losses
