@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-import resource
+import re
 import statistics
 import time
 from pathlib import Path
@@ -74,11 +74,43 @@ def summarize_ms(times: list) -> dict:
     return {"median": statistics.median(times), "min": min(times)}
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated by torch on CUDA; the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+class PeakMemory:
+    """Peak memory inside a ``with`` block, in MB: ``.peak_mb`` the highest reached and
+    ``.mb`` how far it rose above the start. On CUDA, torch's allocations (the peak is reset
+    on entry); on the CPU, the process's resident memory, whose high-water mark Linux resets
+    on entry through ``/proc/self/clear_refs``, so that nothing the process did before (or
+    a parent it was forked from) counts. Both None where that reset is not possible."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.start, self.mb, self.peak_mb = device, None, None, None
+
+    @staticmethod
+    def _status_mb(field: str) -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2 ** 20
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # high-water mark := current
+            self.start = self._status_mb("VmRSS")
+        except (OSError, AttributeError):
+            self.start = None
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        elif self.start is not None:
+            self.peak_mb = self._status_mb("VmHWM")
+        if self.peak_mb is not None:
+            self.mb = self.peak_mb - self.start
+        return False
 
 
 def peak_flops(device: torch.device) -> float | None:

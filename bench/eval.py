@@ -66,8 +66,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
-import resource
 import statistics
 import sys
 import time
@@ -78,6 +76,7 @@ import numpy as np
 import torch
 
 from bench import fastreid_cython
+from bench.common import PeakMemory
 from utils.metrics import rank_metrics
 from utils.rerank import check_parameters, dense_bytes, k_reciprocal_rerank
 
@@ -150,41 +149,6 @@ def _reference_metrics(eval_fn, dist, q_ids, g_ids, q_cams, g_cams):
     return out
 
 
-class _PeakMemory:
-    """How far peak memory rises inside a ``with`` block, in MB (``.mb``): torch's
-    allocations on CUDA; on the CPU the process's resident memory (Linux: the peak is
-    reset through ``/proc/self/clear_refs`` on entry). None where it cannot be reset."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.mb = device, None
-
-    @staticmethod
-    def _status_mb(field: str) -> float:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device) / 2**20
-            return self
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # peak := current
-            self.start = self._status_mb("VmRSS")
-        except (OSError, AttributeError):
-            self.start = None
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start
-        elif self.start is not None:
-            self.mb = self._status_mb("VmHWM") - self.start
-        return False
-
-
 def _clustered_features(ids: torch.Tensor, centres: torch.Tensor, spread: float,
                         gen: torch.Generator) -> torch.Tensor:
     """Unit vectors [N, D] around the centre [D] of each one's identity."""
@@ -212,7 +176,7 @@ def _rerank(args, device: torch.device, q_feat, g_feat, labels) -> dict:
     n_query, n_gallery = q_feat.shape[0], g_feat.shape[0]
     # Warm-up: kernels, thread pools and the allocator, on a slice.
     k_reciprocal_rerank(q_feat[:50], g_feat[:500], min(k1, 5), min(k2, 5), lambda_value)
-    with _PeakMemory(device) as peak:
+    with PeakMemory(device) as peak:
         start = time.perf_counter()
         distances = k_reciprocal_rerank(q_feat, g_feat, k1, k2, lambda_value)
         _sync(device)
@@ -233,7 +197,7 @@ def _rerank(args, device: torch.device, q_feat, g_feat, labels) -> dict:
         out["reference_rerank_skipped"] = (f"its dense arrays need {need / 2**30:.1f} GB, "
                                            f"over --dense-limit-gb {args.dense_limit_gb:g}")
     else:
-        with _PeakMemory(torch.device("cpu")) as reference_peak:
+        with PeakMemory(torch.device("cpu")) as reference_peak:
             start = time.perf_counter()
             q64, g64 = q_feat.cpu().double(), g_feat.cpu().double()
             euclidean = [torch.sqrt(torch.clamp(2.0 - 2.0 * a @ b.T, min=0.0)).numpy()
@@ -396,24 +360,17 @@ def main(argv=None) -> dict:
         g_feat = _clustered_features(g_ids, centres, args.spread, gen).to(device)
     labels = [t.to(device) for t in (q_ids, g_ids, q_cams, g_cams)]
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    match_ms, sim = _median_ms(lambda: q_feat @ g_feat.T, device, args.repeats)
-    rank_ms, metrics = _median_ms(lambda: rank_metrics(sim, *labels), device,
-                                  args.repeats)
-
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        # Linux reports ru_maxrss in KiB; read before the reference runs.
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with PeakMemory(device) as memory:  # read before the reference runs
+        match_ms, sim = _median_ms(lambda: q_feat @ g_feat.T, device, args.repeats)
+        rank_ms, metrics = _median_ms(lambda: rank_metrics(sim, *labels), device,
+                                      args.repeats)
+    peak_mb = memory.peak_mb
 
     out = {"bench": "eval", "queries": args.queries, "gallery": args.gallery,
            "dim": args.dim, "device": args.device,
            "match_ms": round(match_ms, 3), "rank_metrics_ms": round(rank_ms, 3),
            "reference_ms": None, "reference_impl": None, "speedup": None,
-           "peak_mem_mb": round(peak_mb, 1)}
+           "peak_mem_mb": None if peak_mb is None else round(peak_mb, 1)}
     out.update({k: metrics[k] for k in KEYS})
 
     if args.reference:

@@ -81,11 +81,11 @@ import torch
 
 from bench.common import (
     CAPTIONS,
+    PeakMemory,
     emit,
     executed_step_flops,
     finite_round,
     peak_flops,
-    peak_memory_mb,
     summarize_ms,
     timed_ms,
     train_step_flops,
@@ -220,9 +220,10 @@ def main(argv=None) -> dict:
                                        device, dtype, cfg.train.grad_clip, features=features)
         last_loss[:] = [loss]
 
-    for _ in range(args.warmup):
-        timed_ms(step, device)
-    times = [timed_ms(step, device) for _ in range(args.steps)]
+    with PeakMemory(device) as memory:  # the steps alone, not building the model before
+        for _ in range(args.warmup):
+            timed_ms(step, device)
+        times = [timed_ms(step, device) for _ in range(args.steps)]
     loss = float(last_loss[0])
     if not math.isfinite(loss):
         sys.exit(f"error: the loss is not finite ({loss})")
@@ -248,7 +249,7 @@ def main(argv=None) -> dict:
         "separate_soft_target_pass": bool(cfg.loss.separate_soft_target_pass),
         "step_ms": round(timing["median"], 2), "step_ms_min": round(timing["min"], 2),
         "samples_per_s": round(contrastive_batch / (timing["median"] / 1000.0), 3),
-        "peak_mem_mb": round(peak_memory_mb(device), 1),
+        "peak_mem_mb": None if memory.peak_mb is None else round(memory.peak_mb, 1),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "tflop_per_step": float(f"{flops / 1e12:.4g}"),
         "achieved_tflops": finite_round(achieved / 1e12, 4),

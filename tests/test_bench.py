@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -292,3 +294,18 @@ def test_eval_rerank_refuses_bad_parameters(capsys):
         bench_eval.main([*TINY_RERANK, "--rerank-k2", "30"])
     assert exit_info.value.code == 2
     assert "--rerank: k2=30 must be an integer from 1 to k1 (20)" in capsys.readouterr().err
+
+
+def test_peak_memory_counts_only_the_block():
+    """A large allocation freed before the block is not in its peak; one inside is."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("the resident-memory peak can be reset only on Linux (/proc/self/clear_refs)")
+    before = np.ones(300 * 2 ** 20 // 8)  # 300 MB, touched
+    del before
+    with common.PeakMemory(torch.device("cpu")) as quiet:
+        pass
+    with common.PeakMemory(torch.device("cpu")) as busy:
+        inside = np.ones(200 * 2 ** 20 // 8)
+        del inside
+    assert quiet.mb < 50 and busy.mb > 150, (quiet.mb, busy.mb)
+    assert busy.peak_mb - quiet.peak_mb > 150
