@@ -441,7 +441,7 @@ class Trainer:
                 self.training_log.close()
         return history or {}
 
-    def _micro_batch_groups(self, loader):
+    def micro_batch_groups(self, loader):
         """The loader's micro-batches on the device, ``accum_steps`` at a time."""
         group = []
         for batch in loader:
@@ -453,7 +453,7 @@ class Trainer:
                 yield group
                 group = []
 
-    def _step(self, group: list, loss_inputs: dict) -> tuple:
+    def train_on(self, group: list, loss_inputs: dict) -> tuple:
         if self.compile_checked:
             return self._run_step(group, loss_inputs)
         # The first compiled step compiles; should that fail, the run goes on eagerly.
@@ -485,7 +485,7 @@ class Trainer:
         start_step = self.step - self.epoch * self.steps_per_epoch
         self.sampler.set_epoch(self.epoch, start_step * self.accum_steps)
         self.train_model.train()
-        progress = tqdm(self._micro_batch_groups(self.loader),
+        progress = tqdm(self.micro_batch_groups(self.loader),
                         desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", initial=start_step,
                         total=self.steps_per_epoch, disable=not self.main, dynamic_ncols=True)
         last_good = self.output_dir / "checkpoint_last.pth"
@@ -495,7 +495,7 @@ class Trainer:
             for param_group in self.optimizer.param_groups:
                 param_group["lr"] = lr * param_group["lr_scale"]
             step_in_epoch = self.step - self.epoch * self.steps_per_epoch
-            loss, losses = self._step(group, self.stage.loss_inputs(
+            loss, losses = self.train_on(group, self.stage.loss_inputs(
                 cfg, self.epoch, step_in_epoch, self.steps_per_epoch))
             # Nothing is read back from the device here: the loss is checked and shown
             # at log lines, saves and the end of the epoch (fp16: the grad scaler skips

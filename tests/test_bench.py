@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bench import common, fastreid_cython
+from bench import epoch as bench_epoch
 from bench import eval as bench_eval
 from bench import loader as bench_loader
 from bench import train_step as bench_train_step
@@ -132,6 +133,34 @@ def test_loader_reports_samples_per_second(tmp_path, capsys):
     assert record["dataset"] == "rstpreid" and record["batch_size"] == 4
     for key in ("samples_per_s", "batch_ms", "first_batch_ms", "samples"):
         assert positive(record[key]), key
+
+
+def test_epoch_times_the_loader_the_step_and_both(clip_file, tmp_path, capsys, monkeypatch):
+    """The trainer's own loader and step: the step alone on one group used again, then
+    the loader feeding the step with a fresh group each time."""
+    from datasets.synthetic import generate
+    from engine.trainer import Trainer
+    generate(tmp_path, scale=0.1, datasets=["rstpreid"])
+    seen, train_on = [], Trainer.train_on
+
+    def recording(self, group, loss_inputs):
+        seen.append(id(group[0]["photo"]))
+        return train_on(self, group, loss_inputs)
+
+    monkeypatch.setattr(Trainer, "train_on", recording)
+    records = bench_epoch.main(["--workers", "0", "--steps", "3", "--warmup", "1", "device=cpu",
+                                f"data.root={tmp_path}", "data.dataset=rstpreid",
+                                f"model.pretrained={clip_file}", "model.image_size=[32,16]",
+                                "train.batch_size=4", "train.global_batch=8"])
+    record = last_json_line(capsys)
+    assert records == [record]
+    assert record["bench"] == "epoch" and record["workers"] == 0
+    assert (record["batch_size"], record["accum_steps"], record["contrastive_batch"]) == (4, 2, 8)
+    for key in ("loader_samples_per_s", "step_samples_per_s", "both_samples_per_s",
+                "both_over_step"):
+        assert positive(record[key]), key
+    assert len(seen) == 8  # (1 warm-up + 3) alone, (1 + 3) fed by the loader
+    assert len(set(seen[:4])) == 1 and len(set(seen[4:])) == 4
 
 
 def test_eval_with_encoders_keeps_its_fields_and_adds_throughput(clip_file, capsys):

@@ -220,15 +220,15 @@ def test_the_fp16_step_never_waits_for_the_device(tiny_clip_path, synthetic_root
                       tiny_overrides(tiny_clip_path, synthetic_root, tmp_path / "run", **extra))
     trainer = T.Trainer(cfg, AdaptStage())
     assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
-    groups = list(trainer._micro_batch_groups(trainer.loader))
+    groups = list(trainer.micro_batch_groups(trainer.loader))
     inputs = trainer.stage.loss_inputs(cfg, 1, 0, trainer.steps_per_epoch)
     trainer.train_model.train()
-    trainer._step(groups[0], inputs)  # warm-up: the scaler and the optimizer state start
+    trainer.train_on(groups[0], inputs)  # warm-up: the scaler and the optimizer state start
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for group in groups[1:]:
-            loss, losses = trainer._step(group, inputs)
+            loss, losses = trainer.train_on(group, inputs)
             trainer.loss_watch.update(loss, losses)
     finally:
         torch.cuda.set_sync_debug_mode("default")
