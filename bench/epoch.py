@@ -32,7 +32,7 @@ import time
 import torch
 
 from bench.common import emit, sync
-from bench.loader import DEFAULT_CONFIGS, worker_counts
+from bench.loader import DEFAULT_CONFIGS, add_pipeline_arguments
 from engine.stages import STAGES
 from engine.trainer import Trainer
 from utils.config import flatten, load_config, parse_overrides
@@ -78,11 +78,7 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> dict:
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=sorted(STAGES), default="adapt")
-    parser.add_argument("--config", help="stage YAML file (default: "
-                        f"{DEFAULT_CONFIGS['adapt']} / {DEFAULT_CONFIGS['token']})")
-    parser.add_argument("--workers", type=worker_counts, default=[0, 2],
-                        help="comma-separated loader process counts (default 0,2)")
+    add_pipeline_arguments(parser, [0, 2])
     parser.add_argument("--steps", type=int, default=10, help="measured steps per figure")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps before each")
     parser.add_argument("--jsonl", help="also append the JSON lines to this file")

@@ -44,6 +44,17 @@ def worker_counts(text: str) -> list:
     return counts
 
 
+def add_pipeline_arguments(parser, workers: list) -> None:
+    """--stage, --config and --workers (default ``workers``), as the pipeline benchmarks
+    (this one and ``bench.epoch``) take them."""
+    parser.add_argument("--stage", choices=sorted(STAGES), default="adapt")
+    parser.add_argument("--config", help="stage YAML file (default: "
+                        f"{DEFAULT_CONFIGS['adapt']} / {DEFAULT_CONFIGS['token']})")
+    text = ",".join(map(str, workers))
+    parser.add_argument("--workers", type=worker_counts, default=workers,
+                        help=f"comma-separated loader process counts (default {text})")
+
+
 def batches(dataset, cfg, stage, batch_size: int, workers: int, device: torch.device):
     """Batches forever, epoch after epoch, from the trainer's own loader."""
     cfg.train.batch_size, cfg.data.num_workers = batch_size, workers
@@ -79,11 +90,7 @@ def measure(dataset, cfg, stage, batch_size: int, workers: int, count: int) -> d
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=sorted(STAGES), default="adapt")
-    parser.add_argument("--config", help="stage YAML file (default: "
-                        f"{DEFAULT_CONFIGS['adapt']} / {DEFAULT_CONFIGS['token']})")
-    parser.add_argument("--workers", type=worker_counts, default=[0, 1, 2],
-                        help="comma-separated loader process counts (default 0,1,2)")
+    add_pipeline_arguments(parser, [0, 1, 2])
     parser.add_argument("--batches", type=int, default=10,
                         help="timed batches per worker count, after the first")
     parser.add_argument("--batch-size", type=int,
