@@ -114,3 +114,27 @@ def restore_logging():
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture
+def served_once(monkeypatch):
+    """``app.main`` with a server that stops as soon as it serves: the dict records the
+    retriever it was given (``"retriever"``) and whether it was closed (``"closed"``)."""
+    import app
+    served = {}
+
+    class StoppedAtOnce:
+        url = "http://127.0.0.1:1234/"
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            served["closed"] = True
+
+    def make_server(retriever, host, port, verbose):
+        served["retriever"] = retriever
+        return StoppedAtOnce()
+
+    monkeypatch.setattr(app, "make_server", make_server)
+    return served

@@ -855,33 +855,17 @@ def test_bad_startup_input_gets_one_line(market_run, gallery, tmp_path, capsys,
 
 @pytest.mark.parametrize("source", ["stage1", "clip"])
 def test_command_line_serves_any_model_with_overrides(source, stage1_run, tiny_clip_path,
-                                                      gallery, tmp_path, monkeypatch, capsys,
+                                                      gallery, tmp_path, served_once, capsys,
                                                       restore_logging):
     """A stage-1 checkpoint or plain CLIP weights are served; KEY=VALUE overrides reach the
     engine (here the tiny CLIP's image size)."""
     checkpoint = {"stage1": stage1_run / "checkpoint_best.pth", "clip": tiny_clip_path}[source]
-    served = {}
-
-    class StoppedAtOnce:  # the server, interrupted as soon as it serves
-        url = "http://127.0.0.1:1234/"
-
-        def serve_forever(self):
-            raise KeyboardInterrupt
-
-        def server_close(self):
-            served["closed"] = True
-
-    def make_server(engine, host, port, verbose):
-        served["engine"] = engine
-        return StoppedAtOnce()
-
-    monkeypatch.setattr(app, "make_server", make_server)
     app.main(["--checkpoint", str(checkpoint), "--gallery", str(gallery), "--port", "0",
               "--device", "cpu", "--index", str(tmp_path / "i.pt"), "model.image_size=[32,16]"])
-    engine = served["engine"]
+    engine = served_once["retriever"]
     assert (engine.kind, engine.composes) == (KINDS[source], False)
     assert list(engine.cfg.model.image_size) == [32, 16]
-    assert served["closed"] and "stopped" in capsys.readouterr().out
+    assert served_once["closed"] and "stopped" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------ in a browser

@@ -277,31 +277,15 @@ def test_the_app_serves_an_onnx_export(runtime, market_onnx, gallery, tmp_path):
 
 
 def test_the_app_command_line_serves_an_onnx_export(runtime, market_onnx, gallery, tmp_path,
-                                                     monkeypatch, capsys, restore_logging):
+                                                     served_once, capsys, restore_logging):
     """``app.py --onnx DIR``: the export is what the server is given, the gallery indexed."""
     import app
-    served = {}
-
-    class StoppedAtOnce:  # the server, interrupted as soon as it serves
-        url = "http://127.0.0.1:1234/"
-
-        def serve_forever(self):
-            raise KeyboardInterrupt
-
-        def server_close(self):
-            served["closed"] = True
-
-    def make_server(retriever, host, port, verbose):
-        served["retriever"] = retriever
-        return StoppedAtOnce()
-
-    monkeypatch.setattr(app, "make_server", make_server)
     app.main(["--onnx", str(market_onnx), "--gallery", str(gallery), "--port", "0",
               "--index", str(tmp_path / "index")])
-    retriever = served["retriever"]
+    retriever = served_once["retriever"]
     assert (retriever.kind, retriever.composes) == ("ONNX export of a stage-2 model", True)
     assert retriever.model_key.startswith("onnx:") and len(retriever.paths) == 35
-    assert served["closed"] and "stopped" in capsys.readouterr().out
+    assert served_once["closed"] and "stopped" in capsys.readouterr().out
 
 
 def test_missing_onnx_is_one_line(market_run, tmp_path, capsys, monkeypatch, restore_logging):
