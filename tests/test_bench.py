@@ -144,7 +144,7 @@ def test_epoch_times_the_loader_the_step_and_both(clip_file, tmp_path, capsys, m
     seen, train_on = [], Trainer.train_on
 
     def recording(self, group, loss_inputs):
-        seen.append(id(group[0]["photo"]))
+        seen.append(group[0]["photo"])  # held, so that no two can share an address
         return train_on(self, group, loss_inputs)
 
     monkeypatch.setattr(Trainer, "train_on", recording)
@@ -160,7 +160,8 @@ def test_epoch_times_the_loader_the_step_and_both(clip_file, tmp_path, capsys, m
                 "both_over_step"):
         assert positive(record[key]), key
     assert len(seen) == 8  # (1 warm-up + 3) alone, (1 + 3) fed by the loader
-    assert len(set(seen[:4])) == 1 and len(set(seen[4:])) == 4
+    alone, fed = {id(photo) for photo in seen[:4]}, {id(photo) for photo in seen[4:]}
+    assert len(alone) == 1 and len(fed) == 4
 
 
 def test_eval_with_encoders_keeps_its_fields_and_adds_throughput(clip_file, capsys):
